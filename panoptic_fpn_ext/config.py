@@ -15,7 +15,9 @@ CfgNode rejects unknown keys, so a misspelled key in these sections fails when t
 """
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_panoptic_fpn_ext_config", "merge_config_file"]
+__all__ = ["add_panoptic_fpn_ext_config", "merge_config_file", "validate_config"]
+
+EXPORT_FORMATS = ("coco", "cityscapes")
 
 
 def add_panoptic_fpn_ext_config(cfg: CN) -> None:
@@ -47,3 +49,62 @@ def merge_config_file(cfg: CN, path: str) -> None:
         cfg.merge_from_file(path)
     except (KeyError, ValueError, TypeError) as e:
         raise ValueError(f"Config file {path}: {e}") from e
+
+
+def _check_range(cfg: CN, key: str, low: float, high: float) -> None:
+    value = _lookup(cfg, key)
+    if not low <= value <= high:
+        raise ValueError(f"Config key {key} = {value!r} is out of range: expected {low} to {high}")
+
+
+def _lookup(cfg: CN, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _check_datasets(cfg: CN, key: str) -> None:
+    from detectron2.data import DatasetCatalog  # registered datasets, known only at call time
+
+    known = set(DatasetCatalog.list())
+    for name in _lookup(cfg, key):
+        if name not in known:
+            raise ValueError(
+                f"Config key {key} names dataset '{name}', which is not registered. "
+                f"Registered panoptic_fpn_ext datasets: "
+                f"{sorted(n for n in known if n.startswith('panoptic_fpn_ext_'))}"
+            )
+
+
+def validate_config(cfg: CN) -> None:
+    """Check value ranges and cross-key consistency before anything is built or loaded.
+
+    Unknown keys and wrong types are already rejected by ``merge_from_file``/``merge_from_list``;
+    this catches values of the right type that cannot work. Every error names its config key.
+    """
+    _check_range(cfg, "MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH", 0.0, 1.0)
+    _check_range(cfg, "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", 0.0, 1.0)
+    _check_range(cfg, "MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT", 0, float("inf"))
+    _check_range(cfg, "MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT", 0.0, float("inf"))
+    _check_range(cfg, "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT", 0.0, float("inf"))
+    _check_range(cfg, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 1, float("inf"))
+    _check_range(cfg, "MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 0, 255)
+    _check_range(cfg, "SOLVER.BASE_LR", 0.0, float("inf"))
+    _check_range(cfg, "SOLVER.IMS_PER_BATCH", 1, float("inf"))
+    for fmt in cfg.PANOPTIC_FPN_EXT.EVAL.EXPORT_FORMATS:
+        if fmt not in EXPORT_FORMATS:
+            raise ValueError(
+                f"Config key PANOPTIC_FPN_EXT.EVAL.EXPORT_FORMATS has unknown format {fmt!r}; "
+                f"expected any of {EXPORT_FORMATS}"
+            )
+    from .modeling import PANOPTIC_COMBINER_REGISTRY  # the registry is filled at import time
+
+    name = cfg.MODEL.PANOPTIC_FPN_EXT.COMBINER_NAME
+    if name not in PANOPTIC_COMBINER_REGISTRY:
+        raise ValueError(
+            f"Config key MODEL.PANOPTIC_FPN_EXT.COMBINER_NAME = {name!r} is not in "
+            f"PANOPTIC_COMBINER_REGISTRY; registered: {sorted(k for k, _ in PANOPTIC_COMBINER_REGISTRY)}"
+        )
+    _check_datasets(cfg, "DATASETS.TRAIN")
+    _check_datasets(cfg, "DATASETS.TEST")

@@ -1,0 +1,25 @@
+# The two commands of the README. Each sets up ./.venv on first use (scripts/bootstrap_env.sh).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export VENV
+
+.PHONY: env demo test test-slow bench
+
+env:
+	@bash scripts/bootstrap_env.sh
+
+# Main job: synthetic "shapes" dataset -> evaluate untrained -> train quick-start -> evaluate -> visualise.
+demo: env
+	@bash scripts/main_job.sh
+
+# The test suite (slow and GPU-only tests are skipped; see pytest.ini).
+test: env
+	@bash scripts/run_tests.sh
+
+# Also the slow tests (multi-process training, kill-and-resume).
+test-slow: env
+	@bash scripts/run_tests.sh --run-slow
+
+# Every benchmark under benchmarks/ on this machine's CPU; each updates its row of BENCHMARKS.md.
+bench: env
+	@bash scripts/run_benchmarks.sh

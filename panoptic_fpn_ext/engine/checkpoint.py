@@ -1,0 +1,55 @@
+"""A DetectionCheckpointer whose files are never half-written.
+
+fvcore's Checkpointer writes ``model_XXXX.pth`` and ``last_checkpoint`` in place: a process killed
+mid-write leaves a truncated file (and, for ``last_checkpoint``, possibly an empty tag that a
+resumed run cannot use). Here both are written to a temporary file in the same directory, flushed
+to disk, and renamed over the target, so readers only ever see a complete old or new file.
+"""
+import os
+import tempfile
+from typing import Any, Callable, IO
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+
+__all__ = ["AtomicDetectionCheckpointer", "atomic_write"]
+
+
+def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Create or replace ``path`` with what ``write(f)`` writes to a binary file object.
+
+    The data goes to a temporary file next to ``path`` first (fsync'd) and is then renamed over
+    ``path``; on any error the temporary file is removed and ``path`` is left unchanged.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class AtomicDetectionCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` with atomic ``save`` and ``tag_last_checkpoint`` (local paths)."""
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        atomic_write(save_file, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        tag = os.path.join(self.save_dir, "last_checkpoint")
+        atomic_write(tag, lambda f: f.write(last_filename_basename.encode()))
