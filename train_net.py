@@ -12,13 +12,18 @@ Detectron2's usual entry point::
 
 ``MODEL.DEVICE cpu`` with ``--num-gpus N`` runs N CPU processes that talk over Gloo.
 """
+
+import json
+import os
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
+from detectron2.utils import comm
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 
 from panoptic_fpn_ext import add_panoptic_fpn_ext_config, merge_config_file, validate_config
-from panoptic_fpn_ext.engine import PanopticFPNExtTrainer
+from panoptic_fpn_ext.engine import PanopticFPNExtTrainer, atomic_write
 
 
 def setup(args):
@@ -33,6 +38,13 @@ def setup(args):
     return cfg
 
 
+def save_results(cfg, results) -> None:
+    """Write the final evaluation results to OUTPUT_DIR/eval_results.json (main process only)."""
+    if results and comm.is_main_process():
+        path = os.path.join(cfg.OUTPUT_DIR, "eval_results.json")
+        atomic_write(path, lambda f: f.write(json.dumps(results, indent=2).encode()))
+
+
 def main(args):
     cfg = setup(args)
     if args.eval_only:
@@ -42,10 +54,15 @@ def main(args):
         )
         results = PanopticFPNExtTrainer.test(cfg, model)
         verify_results(cfg, results)
-        return results
-    trainer = PanopticFPNExtTrainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    else:
+        trainer = PanopticFPNExtTrainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        trainer.train()
+        # DefaultTrainer.train() returns results only when TEST.EXPECTED_RESULTS is set; the
+        # EvalHook keeps the last evaluation (always run after the final iteration) here.
+        results = getattr(trainer, "_last_eval_results", None)
+    save_results(cfg, results)
+    return results
 
 
 if __name__ == "__main__":

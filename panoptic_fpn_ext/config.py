@@ -13,6 +13,7 @@ Only what is new lives under ``MODEL.PANOPTIC_FPN_EXT`` and ``PANOPTIC_FPN_EXT``
 CfgNode rejects unknown keys, so a misspelled key in these sections fails when the YAML is merged;
 :func:`merge_config_file` adds the file's path to that error.
 """
+
 from detectron2.config import CfgNode as CN
 
 __all__ = ["add_panoptic_fpn_ext_config", "merge_config_file", "validate_config"]

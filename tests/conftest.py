@@ -1,4 +1,5 @@
 """Test-suite options: ``--run-slow`` enables slow tests; ``gpu`` tests need CUDA."""
+
 import pytest
 import torch
 

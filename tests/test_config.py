@@ -1,4 +1,5 @@
 """add_panoptic_fpn_ext_config: defaults, idempotence, and errors for misspelled keys."""
+
 import pytest
 from detectron2.config import get_cfg
 
@@ -33,8 +34,14 @@ def test_idempotent():
 @pytest.mark.parametrize(
     "yaml_text, bad_key",
     [
-        ("MODEL:\n  PANOPTIC_FPN_EXT:\n    COMBINER_NAM: X\n", "MODEL.PANOPTIC_FPN_EXT.COMBINER_NAM"),
-        ("PANOPTIC_FPN_EXT:\n  EVAL:\n    EXPORT_FORMAT: []\n", "PANOPTIC_FPN_EXT.EVAL.EXPORT_FORMAT"),
+        (
+            "MODEL:\n  PANOPTIC_FPN_EXT:\n    COMBINER_NAM: X\n",
+            "MODEL.PANOPTIC_FPN_EXT.COMBINER_NAM",
+        ),
+        (
+            "PANOPTIC_FPN_EXT:\n  EVAL:\n    EXPORT_FORMAT: []\n",
+            "PANOPTIC_FPN_EXT.EVAL.EXPORT_FORMAT",
+        ),
     ],
 )
 def test_misspelled_key_names_file_and_key(tmp_path, yaml_text, bad_key):

@@ -1,4 +1,5 @@
 """Importing the plugin registers every component, under names that do not collide, repeatably."""
+
 import importlib
 import subprocess
 import sys

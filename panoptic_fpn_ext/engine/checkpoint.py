@@ -5,6 +5,7 @@ mid-write leaves a truncated file (and, for ``last_checkpoint``, possibly an emp
 resumed run cannot use). Here both are written to a temporary file in the same directory, flushed
 to disk, and renamed over the target, so readers only ever see a complete old or new file.
 """
+
 import os
 import tempfile
 from typing import Any, Callable, IO
