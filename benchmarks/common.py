@@ -3,6 +3,7 @@
 Every benchmark measures the reference and the plugin in the same run and reports their ratio;
 absolute times are only meaningful on the machine that printed them.
 """
+
 import os
 import platform
 import statistics

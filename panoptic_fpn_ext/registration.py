@@ -5,6 +5,7 @@ Importing this plugin twice (e.g. a module reload, or two projects that each loa
 registrations; these helpers make that a no-op for the plugin's own objects while still refusing
 to overwrite someone else's object of the same name.
 """
+
 from typing import Any, Callable, Dict, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
