@@ -19,6 +19,7 @@ from detectron2.config import CfgNode as CN
 __all__ = ["add_panoptic_fpn_ext_config", "merge_config_file", "validate_config"]
 
 EXPORT_FORMATS = ("coco", "cityscapes")
+SEMANTIC_TARGETS = ("stuff_and_other", "all_classes")
 
 
 def add_panoptic_fpn_ext_config(cfg: CN) -> None:
@@ -34,6 +35,10 @@ def add_panoptic_fpn_ext_config(cfg: CN) -> None:
     cfg.MODEL.PANOPTIC_FPN_EXT.COMBINER_NAME = "PanopticHeuristicCombiner"
 
     cfg.PANOPTIC_FPN_EXT = CN()
+    # Semantic target made by PanopticDatasetMapper: "stuff_and_other" for Panoptic FPN (0 = every
+    # thing pixel, stuff 1..S; Detectron2's order) or "all_classes" for a semantic-only model
+    # (stuff 0..S-1 then things S..S+T-1; with MODEL.META_ARCHITECTURE "SemanticSegmentor").
+    cfg.PANOPTIC_FPN_EXT.SEMANTIC_TARGET = "stuff_and_other"
     cfg.PANOPTIC_FPN_EXT.EVAL = CN()
     # Prediction files to write next to the metrics, each atomically: any of "coco" (COCO
     # panoptic JSON + PNGs, for the COCO test server) and "cityscapes" (Cityscapes panoptic format).
@@ -93,6 +98,11 @@ def validate_config(cfg: CN) -> None:
     _check_range(cfg, "MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 0, 255)
     _check_range(cfg, "SOLVER.BASE_LR", 0.0, float("inf"))
     _check_range(cfg, "SOLVER.IMS_PER_BATCH", 1, float("inf"))
+    if cfg.PANOPTIC_FPN_EXT.SEMANTIC_TARGET not in SEMANTIC_TARGETS:
+        raise ValueError(
+            f"Config key PANOPTIC_FPN_EXT.SEMANTIC_TARGET = "
+            f"{cfg.PANOPTIC_FPN_EXT.SEMANTIC_TARGET!r}; expected one of {SEMANTIC_TARGETS}"
+        )
     for fmt in cfg.PANOPTIC_FPN_EXT.EVAL.EXPORT_FORMATS:
         if fmt not in EXPORT_FORMATS:
             raise ValueError(

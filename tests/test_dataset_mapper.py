@@ -16,12 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from PIL import Image
 
 from panoptic_fpn_ext import add_panoptic_fpn_ext_config
+from panoptic_fpn_ext.data import cityscapes_panoptic_metadata
 from panoptic_fpn_ext.data import (
     PanopticDatasetMapper,
     generate_shapes_dataset,
     id2rgb,
     load_shapes_dataset,
     semantic_from_panoptic,
+    semantic_label,
 )
 
 IGNORE = 255
@@ -434,3 +436,32 @@ def test_random_panoptic_maps_keep_the_invariants(data, panoptic):
             if s["isthing"] and not s["iscrowd"]
         )
         assert output_instances(out) == expected
+
+
+# --- the all-classes target of a semantic-only model ("Semantic FPN") -----------------------
+
+
+def test_all_classes_target_follows_the_per_segment_rule(shapes):
+    num_stuff = 3  # shapes: sky, ground, water
+    for record in shapes[:5]:
+        out = mapper(num_stuff_classes=num_stuff)(record)
+        ids = read_ids(record["pan_seg_file_name"])
+        expected = np.full(ids.shape, IGNORE, dtype=np.int64)
+        for s in record["segments_info"]:
+            label = num_stuff + s["category_id"] if s["isthing"] else s["category_id"] - 1
+            expected[ids == s["id"]] = label
+        np.testing.assert_array_equal(out["sem_seg"].numpy(), expected)
+        assert set(np.unique(expected)) - {IGNORE} <= set(range(num_stuff + 3))
+
+
+def test_all_classes_labels_are_cityscapes_train_ids():
+    from cityscapesscripts.helpers.labels import labels
+
+    meta = cityscapes_panoptic_metadata()
+    num_stuff = len(meta["stuff_classes"]) - 1
+    evaluated = [l for l in labels if not l.ignoreInEval]
+    assert num_stuff == 11 and len(evaluated) == 19
+    for label in evaluated:
+        table = "thing" if label.hasInstances else "stuff"
+        contiguous = meta[f"{table}_dataset_id_to_contiguous_id"][label.id]
+        assert semantic_label(label.hasInstances, contiguous, num_stuff) == label.trainId

@@ -13,7 +13,7 @@ from .coco_panoptic import (
     panoptic_metadata_from_categories,
     register_coco_panoptic_dataset,
 )
-from .dataset_mapper import PanopticDatasetMapper, semantic_from_panoptic
+from .dataset_mapper import PanopticDatasetMapper, semantic_from_panoptic, semantic_label
 from .panoptic_io import (
     PanopticDataError,
     PanopticPNG,
@@ -50,6 +50,7 @@ __all__ = [
     "register_coco_panoptic_dataset",
     "rgb2id",
     "semantic_from_panoptic",
+    "semantic_label",
     "shapes_metadata",
 ]
 

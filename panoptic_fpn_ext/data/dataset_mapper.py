@@ -21,19 +21,20 @@ from typing import Dict, List, Tuple, Union
 import numpy as np
 import torch
 from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances
 
 from .panoptic_io import PanopticDataError, read_image_file, read_panoptic_png
 
-__all__ = ["PanopticDatasetMapper", "semantic_from_panoptic"]
+__all__ = ["PanopticDatasetMapper", "semantic_from_panoptic", "semantic_label"]
 
 logger = logging.getLogger(__name__)
 
 
 def _segment_tables(
-    segment_ids: np.ndarray, record: dict, ignore_value: int
+    segment_ids: np.ndarray, record: dict, ignore_value: int, num_stuff_classes: int = 0
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Targets of each segment of a panoptic PNG.
 
@@ -41,8 +42,10 @@ def _segment_tables(
         segment_ids: (K,) the PNG's distinct segment ids (see ``PanopticPNG``).
         record: the dataset dict (its "segments_info" matches ``segment_ids``; void is 0).
         ignore_value: semantic label of void pixels.
+        num_stuff_classes: 0 for Panoptic FPN's "stuff-only" target; S > 0 for the all-classes
+            target of a semantic-segmentation-only model (see ``semantic_label``).
     Returns:
-        semantic: int64 (K,), semantic label of each segment (0 things, 1..S stuff, ignore void);
+        semantic: int64 (K,), semantic label of each segment, ``ignore_value`` for void;
         thing_class: int64 (K,), contiguous class of each non-crowd thing segment, -1 otherwise.
     """
     semantic = np.full(len(segment_ids), ignore_value, dtype=np.int64)
@@ -51,7 +54,7 @@ def _segment_tables(
     for segment in record["segments_info"]:
         k = position[segment["id"]]
         if segment["isthing"]:
-            semantic[k] = 0
+            semantic[k] = semantic_label(True, segment["category_id"], num_stuff_classes)
             if not segment["iscrowd"]:
                 thing_class[k] = segment["category_id"]
         elif segment["category_id"] < 1 or segment["category_id"] == ignore_value:
@@ -61,22 +64,38 @@ def _segment_tables(
                 f"1..S (0 is 'things') and not the ignore value {ignore_value}"
             )
         else:
-            semantic[k] = segment["category_id"]
+            semantic[k] = semantic_label(False, segment["category_id"], num_stuff_classes)
     return semantic, thing_class
 
 
-def semantic_from_panoptic(record: dict, ignore_value: int = 255) -> np.ndarray:
+def semantic_label(isthing: bool, category_id: int, num_stuff_classes: int = 0) -> int:
+    """The semantic-branch label of a segment with contiguous ``category_id``.
+
+    With ``num_stuff_classes == 0``, Panoptic FPN's "stuff-only" labels (Detectron2's order, which
+    its model-zoo weights depend on): 0 for every thing ("other"), stuff classes 1..S.
+    With ``num_stuff_classes == S > 0``, all classes for a semantic-only model (the paper's
+    "Semantic FPN"): stuff 0..S-1, then things S..S+T-1 (Cityscapes' trainId order).
+    """
+    if num_stuff_classes == 0:
+        return 0 if isthing else category_id
+    return num_stuff_classes + category_id if isthing else category_id - 1
+
+
+def semantic_from_panoptic(
+    record: dict, ignore_value: int = 255, num_stuff_classes: int = 0
+) -> np.ndarray:
     """The semantic target of a record at its original size (reads and validates its PNG).
 
     Args:
         record: a dataset dict of the plugin's loaders.
         ignore_value: label of void pixels.
+        num_stuff_classes: 0 for the "stuff-only" target, S for all classes (``semantic_label``).
     Returns:
-        int64 (H, W): 0 for thing pixels (crowd included), contiguous stuff ids 1..S for stuff,
-        ``ignore_value`` for void.
+        int64 (H, W): by default 0 for thing pixels (crowd included), contiguous stuff ids 1..S
+        for stuff; ``ignore_value`` for void.
     """
     png = read_panoptic_png(record)
-    semantic, _ = _segment_tables(png.segment_ids, record, ignore_value)
+    semantic, _ = _segment_tables(png.segment_ids, record, ignore_value, num_stuff_classes)
     return semantic[png.index_map]
 
 
@@ -127,6 +146,14 @@ def _image_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(image.transpose(2, 0, 1).copy())
 
 
+def _num_stuff_classes(cfg) -> int:
+    """0 for ``PANOPTIC_FPN_EXT.SEMANTIC_TARGET`` "stuff_and_other"; for "all_classes", the number
+    of stuff classes of the first training dataset (its ``stuff_classes`` minus "things")."""
+    if cfg.PANOPTIC_FPN_EXT.SEMANTIC_TARGET == "stuff_and_other":
+        return 0
+    return len(MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).stuff_classes) - 1
+
+
 class PanopticDatasetMapper:
     """Map a panoptic dataset dict (COCO panoptic record) to Panoptic FPN's inputs.
 
@@ -154,6 +181,7 @@ class PanopticDatasetMapper:
         augmentations: List[Union[T.Augmentation, T.Transform]],
         image_format: str,
         ignore_value: int = 255,
+        num_stuff_classes: int = 0,
     ):
         """
         Args:
@@ -161,8 +189,11 @@ class PanopticDatasetMapper:
             augmentations: geometric augmentations (or transforms), applied in order.
             image_format: an image format of ``detection_utils.read_image`` ("BGR", "RGB", ...).
             ignore_value: semantic label of void pixels.
+            num_stuff_classes: 0 for Panoptic FPN's "stuff-only" semantic target; the dataset's
+                number of stuff classes S for the all-classes target (``semantic_label``).
         """
         self.is_train = is_train
+        self.num_stuff_classes = num_stuff_classes
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.ignore_value = ignore_value
@@ -190,6 +221,7 @@ class PanopticDatasetMapper:
             "augmentations": augmentations,
             "image_format": cfg.INPUT.FORMAT,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "num_stuff_classes": _num_stuff_classes(cfg),
         }
 
     def __call__(self, dataset_dict: dict) -> dict:
@@ -203,7 +235,9 @@ class PanopticDatasetMapper:
             record["image"] = _image_tensor(aug_input.image)
             return record
         png = read_panoptic_png(record)
-        semantic, thing_class = _segment_tables(png.segment_ids, record, self.ignore_value)
+        semantic, thing_class = _segment_tables(
+            png.segment_ids, record, self.ignore_value, self.num_stuff_classes
+        )
         transforms = self.augmentations(aug_input)
         index_map = _transform_index_map(transforms, png.index_map)
         record["image"] = _image_tensor(aug_input.image)
