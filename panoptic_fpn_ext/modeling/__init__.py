@@ -1,1 +1,6 @@
-"""(filled in by its own module files)"""
+"""Panoptic FPN's parts: the semantic head, the panoptic combiner and the meta-architecture."""
+
+from .combiner import PANOPTIC_COMBINER_REGISTRY, PanopticHeuristicCombiner, build_panoptic_combiner
+from .meta_arch import PanopticFPNExt
+from .post_processing import combine_panoptic
+from .semantic_head import PanopticFPNExtSemSegHead

@@ -1,0 +1,77 @@
+"""The Panoptic FPN meta-architecture, registered as ``PanopticFPNExt``."""
+
+from typing import Callable, Dict, List
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.modeling.meta_arch.panoptic_fpn import PanopticFPN
+from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
+
+from ..registration import register_once
+from .combiner import build_panoptic_combiner
+
+__all__ = ["PanopticFPNExt"]
+
+
+@register_once(META_ARCH_REGISTRY)
+class PanopticFPNExt(PanopticFPN):
+    """Panoptic FPN: ResNet-FPN backbone, RPN, Mask R-CNN RoI heads and the semantic FPN branch.
+
+    Training is Detectron2's ``PanopticFPN``: the loss dict holds the RoI heads' instance losses
+    (classification, box, mask) times ``MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT`` (lambda_i), the
+    RPN losses unweighted, and ``loss_sem_seg`` times
+    ``MODEL.SEM_SEG_HEAD.LOSS_WEIGHT`` (lambda_s). Module names are the same, so Detectron2's
+    model-zoo checkpoints load with no missing or unexpected keys.
+
+    Inference uses the combiner from ``PANOPTIC_COMBINER_REGISTRY``
+    (``MODEL.PANOPTIC_FPN_EXT.COMBINER_NAME``) instead of Detectron2's fixed function.
+    """
+
+    @configurable
+    def __init__(self, *, combiner: Callable, **kwargs):
+        """
+        Args:
+            combiner: ``combiner(instances, semantic_labels) -> (panoptic_seg, segments_info)``.
+            kwargs: arguments of Detectron2's ``PanopticFPN``.
+        """
+        super().__init__(**kwargs)
+        self.combiner = combiner
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict:
+        ret = super().from_config(cfg)
+        # Detectron2 scales the box predictor's loss_weight dict by lambda_i, but that dict (from
+        # ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT) has no "loss_cls" entry, so the classification loss
+        # escapes the weight. The paper weights the whole instance loss: add the missing entry.
+        predictor = ret["roi_heads"].box_predictor
+        predictor.loss_weight.setdefault("loss_cls", cfg.MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT)
+        ret["combiner"] = build_panoptic_combiner(cfg)
+        return ret
+
+    def inference(self, batched_inputs: List[Dict[str, torch.Tensor]], do_postprocess: bool = True):
+        """
+        Args:
+            batched_inputs: as in ``forward``; "height"/"width" give the output size.
+            do_postprocess: False returns the raw ``(list[Instances], Tensor (N, C, H, W))``.
+        Returns:
+            per image {"sem_seg": (C, H, W) logits, "instances": Instances,
+            "panoptic_seg": (int32 (H, W), segments_info)} at the requested output size.
+        """
+        detector_results, sem_seg_results = super().inference(batched_inputs, do_postprocess=False)
+        if not do_postprocess:
+            return detector_results, sem_seg_results
+        return [
+            self._postprocess_one(sem_seg, detector, inputs)
+            for sem_seg, detector, inputs in zip(sem_seg_results, detector_results, batched_inputs)
+        ]
+
+    def _postprocess_one(self, sem_seg: torch.Tensor, detector, inputs: Dict) -> Dict:
+        """Resize one image's raw outputs to its output size and combine them."""
+        image_size = detector.image_size
+        height = inputs.get("height", image_size[0])
+        width = inputs.get("width", image_size[1])
+        sem_seg_r = sem_seg_postprocess(sem_seg, image_size, height, width)
+        detector_r = detector_postprocess(detector, height, width)
+        panoptic_r = self.combiner(detector_r, sem_seg_r.argmax(dim=0))
+        return {"sem_seg": sem_seg_r, "instances": detector_r, "panoptic_seg": panoptic_r}
