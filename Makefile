@@ -1,5 +1,5 @@
 # The two commands of the README. Each sets up ./.venv on first use (scripts/bootstrap_env.sh).
-VENV ?= .venv
+VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export VENV
 

@@ -15,7 +15,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-VENV=${VENV:-$ROOT/.venv}
+VENV=$(realpath -m "${VENV:-$ROOT/.venv}")  # absolute: it is written into a .pth file
 REQ=$ROOT/requirements
 STAMP=$VENV/.bootstrap-ok
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
