@@ -1,35 +1,61 @@
-"""combine_panoptic gives exactly Detectron2's combine_semantic_and_instance_outputs output."""
+"""combine_panoptic gives exactly Detectron2's combine_semantic_and_instance_outputs output, keeps
+the panoptic invariants on random inputs, and is selectable through its registry."""
 
-import numpy as np
+from typing import Tuple
+
 import pytest
 import torch
 from detectron2.config import get_cfg
+from detectron2.layers.mask_ops import _do_paste_mask, paste_masks_in_image
 from detectron2.modeling.meta_arch.panoptic_fpn import combine_semantic_and_instance_outputs
 from detectron2.structures import Instances
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from panoptic_fpn_ext import add_panoptic_fpn_ext_config
+from panoptic_fpn_ext import add_panoptic_fpn_ext_config, merge_config_file
 from panoptic_fpn_ext.modeling import (
     PANOPTIC_COMBINER_REGISTRY,
+    PanopticHeuristicCombiner,
     build_panoptic_combiner,
     combine_panoptic,
+    paste_regions,
 )
-from panoptic_fpn_ext.modeling.post_processing import mask_crop_boxes
+from panoptic_fpn_ext.modeling import post_processing
 from panoptic_fpn_ext.registration import register_once
 
+THRESHOLD_SETS = [(0.5, 20, 0.3), (0.0, 0, 0.0), (1.0, 100, 0.6), (0.3, 1, 0.9)]
 
-def random_case(seed, n, h=37, w=53, num_labels=5, tie_scores=False):
+
+def random_case(
+    seed: int,
+    n: int,
+    h: int = 37,
+    w: int = 53,
+    num_labels: int = 5,
+    tie_scores: bool = False,
+    density: float = 0.8,
+) -> Tuple[Instances, torch.Tensor, torch.Tensor]:
+    """Random instances whose masks lie in random boxes, and blocky semantic labels.
+
+    Instance 1 (if n > 2) repeats instance 0's mask (fully covered by it or, with equal scores,
+    covering it), instance 2 is empty.
+
+    Returns:
+        instances (bool pred_masks (n, h, w), scores, pred_classes), int64 (h, w) labels,
+        int64 (n, 4) boxes (x0, y0, x1, y1) containing the masks.
+    """
     g = torch.Generator().manual_seed(seed)
     masks = torch.zeros(n, h, w, dtype=torch.bool)
+    boxes = torch.zeros(n, 4, dtype=torch.int64)
     for k in range(n):
-        y0, x0 = torch.randint(0, h, (2,), generator=g).tolist()
-        y1 = min(h, y0 + int(torch.randint(0, h, (1,), generator=g)))
-        x1 = min(w, x0 + int(torch.randint(0, w, (1,), generator=g)))
-        masks[k, y0:y1, x0:x1] = torch.rand(y1 - y0, x1 - x0, generator=g) > 0.2
+        x0, x_len = torch.randint(0, w, (2,), generator=g).tolist()
+        y0, y_len = torch.randint(0, h, (2,), generator=g).tolist()
+        x1, y1 = min(w, x0 + x_len), min(h, y0 + y_len)
+        masks[k, y0:y1, x0:x1] = torch.rand(y1 - y0, x1 - x0, generator=g) < density
+        boxes[k] = torch.tensor([x0, y0, x1, y1])
     if n > 2:
-        masks[1] = masks[0]  # fully covered by an earlier (or equal-score) instance
-        masks[2] = False  # empty mask
+        masks[1], boxes[1] = masks[0], boxes[0]
+        masks[2] = False
     scores = torch.rand(n, generator=g)
     if tie_scores:
         scores = (scores * 3).floor() / 3
@@ -39,99 +65,245 @@ def random_case(seed, n, h=37, w=53, num_labels=5, tie_scores=False):
     instances.pred_classes = torch.randint(0, 4, (n,), generator=g)
     semantic = torch.randint(0, num_labels, (h // 4 + 1, w // 4 + 1), generator=g)
     semantic = semantic.repeat_interleave(4, 0)[:h].repeat_interleave(4, 1)[:, :w].contiguous()
-    return instances, semantic
+    return instances, semantic, boxes
 
 
-def assert_same(instances, semantic, *thresholds):
+def assert_matches_detectron2(instances, semantic, thresholds, mask_boxes=None):
+    """combine_panoptic's output equals Detectron2's; returns Detectron2's segments_info."""
     ref_map, ref_info = combine_semantic_and_instance_outputs(instances, semantic, *thresholds)
-    out_map, out_info = combine_panoptic(instances, semantic, *thresholds)
+    out_map, out_info = combine_panoptic(instances, semantic, *thresholds, mask_boxes=mask_boxes)
     assert out_map.dtype == ref_map.dtype == torch.int32
+    assert out_map.shape == ref_map.shape
     assert torch.equal(out_map, ref_map)
     assert out_info == ref_info
     return ref_info
 
 
+@pytest.fixture(params=["host", "device"])
+def placement(request, monkeypatch):
+    """Run the test with the CPU (numpy) placement loop and with the synchronisation-free one."""
+    if request.param == "device":
+        monkeypatch.setattr(post_processing, "_place_on_host", post_processing._place_on_device)
+    return request.param
+
+
 @pytest.mark.parametrize("seed", range(12))
 @pytest.mark.parametrize("tie_scores", [False, True])
-def test_matches_detectron2_on_random_inputs(seed, tie_scores):
+def test_matches_detectron2_on_random_inputs(seed, tie_scores, placement):
     n = [0, 1, 3, 8, 20, 40][seed % 6]
-    instances, semantic = random_case(seed, n, tie_scores=tie_scores)
-    for thresholds in [(0.5, 20, 0.3), (0.0, 0, 0.0), (1.0, 100, 0.6), (0.3, 1, 0.9)]:
-        assert_same(instances, semantic, *thresholds)
+    instances, semantic, boxes = random_case(seed, n, tie_scores=tie_scores)
+    for thresholds in THRESHOLD_SETS:
+        assert_matches_detectron2(instances, semantic, thresholds)
+        assert_matches_detectron2(instances, semantic, thresholds, mask_boxes=boxes)
 
 
-def test_all_other_map_and_zero_area_limit():
-    instances, semantic = random_case(3, 10)
-    info = assert_same(instances, torch.zeros_like(semantic), 0.5, 0, 0.2)
-    assert all(s["isthing"] for s in info)  # "other" never becomes a stuff segment
-    # a present label with no free pixels still gets a (zero-area) segment when the limit is 0
+def test_equal_scores_come_out_in_detectron2_order():
+    instances, semantic, _ = random_case(4, 30, tie_scores=True)
+    info = assert_matches_detectron2(instances, semantic, (0.5, 20, 0.0))
+    things = [s for s in info if s["isthing"]]
+    assert len(things) >= 5  # not vacuous: many kept, some with equal scores
+    assert len({s["score"] for s in things}) < len(things)
+
+
+def test_loose_boxes_and_boxes_outside_the_image_give_the_same_output():
+    instances, semantic, boxes = random_case(7, 15)
+    loose = boxes + torch.tensor([-3, -5, 4, 100])  # clipped to the image inside
+    assert_matches_detectron2(instances, semantic, (0.5, 20, 0.3), mask_boxes=loose)
+
+
+def test_all_other_map_fully_covered_instance_and_zero_area_limit():
+    instances, semantic, _ = random_case(3, 10)
+    info = assert_matches_detectron2(instances, torch.zeros_like(semantic), (0.5, 0, 0.2))
+    assert info and all(s["isthing"] for s in info)  # "other" never becomes a stuff segment
+    # one instance covering the image: a later copy of it is dropped, and a present label with
+    # no free pixels still gets a zero-area segment when the limit is 0 (Detectron2's rule)
     full = Instances(semantic.shape)
-    full.pred_masks = torch.ones(1, *semantic.shape, dtype=torch.bool)
-    full.scores = torch.ones(1)
-    full.pred_classes = torch.zeros(1, dtype=torch.int64)
-    info = assert_same(full, semantic, 0.5, 0, 0.5)
-    assert any(s["area"] == 0 for s in info if not s["isthing"])
+    full.pred_masks = torch.ones(2, *semantic.shape, dtype=torch.bool)
+    full.scores = torch.tensor([0.9, 0.8])
+    full.pred_classes = torch.tensor([0, 1])
+    info = assert_matches_detectron2(full, semantic, (0.5, 0, 0.5))
+    assert [s["instance_id"] for s in info if s["isthing"]] == [0]
+    assert {s["area"] for s in info if not s["isthing"]} == {0}
 
 
-def test_non_multiple_of_8_width_and_float_masks():
-    instances, semantic = random_case(5, 12, h=30, w=29)
+def test_thresholds_compare_in_float64_like_detectron2():
+    h, w = 4, 6
+    semantic = torch.ones(h, w, dtype=torch.int64)
+    instances = Instances((h, w))
+    instances.pred_masks = torch.zeros(3, h, w, dtype=torch.bool)
+    instances.pred_masks[0, :2, :2] = True  # 4 px
+    instances.pred_masks[1, :2, 1:3] = True  # 4 px, 2 of them taken: ratio exactly 0.5
+    instances.pred_masks[2, 3, :] = True
+    threshold = float(torch.tensor(0.3)) + 1e-9  # rounds down to float32
+    assert float(torch.tensor(threshold)) < threshold
+    instances.scores = torch.tensor([0.9, 0.8, threshold])  # the last is below in float64
+    instances.pred_classes = torch.tensor([1, 2, 3])
+    info = assert_matches_detectron2(instances, semantic, (0.5, 18, threshold))
+    assert [s["instance_id"] for s in info if s["isthing"]] == [0, 1]  # ratio 0.5 is kept
+    # 24 px - 6 claimed: 18 free pixels of label 1, exactly the area limit, which keeps them
+    stuff = [s for s in info if not s["isthing"]]
+    assert stuff == [{"id": 3, "isthing": False, "category_id": 1, "area": 18}]
+
+
+def test_non_bool_masks_and_odd_sizes():
+    instances, semantic, boxes = random_case(5, 12, h=30, w=29)
     instances.pred_masks = instances.pred_masks.float() * 0.7  # nonzero = in the mask
-    assert_same(instances, semantic, 0.5, 10, 0.2)
+    assert_matches_detectron2(instances, semantic, (0.5, 10, 0.2))
+    assert_matches_detectron2(instances, semantic, (0.5, 10, 0.2), mask_boxes=boxes)
+    tiny, semantic, _ = random_case(6, 4, h=1, w=1)
+    assert_matches_detectron2(tiny, semantic, (0.5, 0, 0.0))
 
 
-@settings(max_examples=40, deadline=None)
-@given(
-    seed=st.integers(0, 10_000),
-    n=st.integers(0, 15),
-    overlap=st.floats(0, 1),
-    area=st.integers(0, 60),
-    score=st.floats(0, 1),
-)
-def test_invariants_and_parity_property(seed, n, overlap, area, score):
-    instances, semantic = random_case(seed, n, h=24, w=31)
-    info = assert_same(instances, semantic, overlap, area, score)
-    pan, _ = combine_panoptic(instances, semantic, overlap, area, score)
-    ids = [s["id"] for s in info]
-    assert ids == list(range(1, len(info) + 1))  # unique, consecutive
-    assert set(torch.unique(pan).tolist()) - {0} <= set(ids)
-    for s in info:
-        if not s["isthing"]:
-            assert s["category_id"] != 0 and s["area"] >= area
-            assert s["area"] == int((pan == s["id"]).sum())
-        else:
-            mask = instances.pred_masks[s["instance_id"]]
-            assert s["score"] >= score
-            # the pixels it got are its own; what it lost to earlier segments is within the rule
-            assert bool(mask[pan == s["id"]].all())
-            assert (mask.sum() - (pan == s["id"]).sum()) <= overlap * mask.sum() + 1e-9
+def test_thousands_of_kept_instances():
+    # one pixel each, all kept: beyond 4094 candidates the owner map switches to int32
+    n, h, w = 4200, 64, 80
+    instances, semantic, _ = random_case(8, 0, h, w)
+    pixels = torch.randperm(h * w, generator=torch.Generator().manual_seed(0))[:n]
+    instances = Instances((h, w))
+    instances.pred_masks = torch.zeros(n, h * w, dtype=torch.bool)
+    instances.pred_masks[torch.arange(n), pixels] = True
+    instances.pred_masks = instances.pred_masks.view(n, h, w)
+    instances.scores = torch.rand(n, generator=torch.Generator().manual_seed(1))
+    instances.pred_classes = torch.zeros(n, dtype=torch.int64)
+    x, y = pixels % w, pixels // w
+    boxes = torch.stack([x, y, x + 1, y + 1], dim=1)
+    info = assert_matches_detectron2(instances, semantic, (0.5, 2, 0.0), mask_boxes=boxes)
+    assert sum(s["isthing"] for s in info) == n
 
 
-def test_crop_boxes_contain_every_mask():
-    instances, _ = random_case(11, 30, h=41, w=67)
+def test_float_mask_boxes_are_refused():
+    instances, semantic, boxes = random_case(1, 3)
+    with pytest.raises(ValueError, match="mask_boxes"):
+        combine_panoptic(instances, semantic, 0.5, 10, 0.5, mask_boxes=boxes.float())
+
+
+def test_locate_masks_gives_tight_boxes():
+    instances, _, _ = random_case(11, 30, h=41, w=67)
     masks = instances.pred_masks
-    for mask, (y0, y1, x0, x1) in zip(masks, mask_crop_boxes(masks)):
-        inside = torch.zeros_like(mask)
-        inside[y0:y1, x0:x1] = True
-        assert not bool((mask & ~inside).any())
-        if mask.any():
-            ys = torch.nonzero(mask)[:, 0]
-            assert (y0, y1) == (int(ys.min()), int(ys.max()) + 1)  # rows are exact
+    located = post_processing.locate_masks(masks, list(range(len(masks))))
+    for mask, (x0, y0, x1, y1) in zip(masks, located):
+        if not mask.any():
+            assert (x0, y0, x1, y1) == (0, 0, 0, 0)
+            continue
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        assert (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
 
 
-def test_registry_selects_combiner_from_config():
+@pytest.mark.parametrize("seed", range(3))
+def test_paste_regions_contain_masks_pasted_by_detectron2(seed):
+    g = torch.Generator().manual_seed(seed)
+    n, h, w = 40, 60, 90
+    corner = torch.rand(n, 2, generator=g) * torch.tensor([w, h]) - 5
+    boxes = torch.cat([corner, corner + 0.3 + torch.rand(n, 2, generator=g) * 40], dim=1)
+    logits = torch.randn(n, 28, 28, generator=g) * 30  # many saturated probabilities
+    probabilities = torch.sigmoid(logits)
+    probabilities[0] = 1.0
+    regions = paste_regions(boxes, h, w)
+    outside = torch.ones(n, h, w, dtype=torch.bool)
+    for k, (x0, y0, x1, y1) in enumerate(regions.tolist()):
+        outside[k, y0:y1, x0:x1] = False
+    # CPU pasting (one box at a time, inside its region) and the GPU route (whole image, via
+    # the private helper that paste_masks_in_image calls there)
+    cpu = paste_masks_in_image(probabilities, boxes, (h, w))
+    gpu, _ = _do_paste_mask(probabilities[:, None], boxes, h, w, skip_empty=False)
+    assert cpu.any()
+    assert not (cpu & outside).any()
+    assert not ((gpu >= 0.5) & outside).any()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    n=st.integers(0, 12),
+    size=st.tuples(st.integers(1, 24), st.integers(1, 24)),
+    num_labels=st.integers(1, 300),
+    density=st.floats(0.0, 1.0),
+    tie_scores=st.booleans(),
+    overlap=st.floats(0.0, 1.0),
+    area_limit=st.integers(0, 60),
+    score_threshold=st.floats(0.0, 1.0),
+)
+def test_invariants_property(
+    seed, n, size, num_labels, density, tie_scores, overlap, area_limit, score_threshold
+):
+    h, w = size
+    instances, semantic, boxes = random_case(seed, n, h, w, num_labels, tie_scores, density)
+    thresholds = (overlap, area_limit, score_threshold)
+    info = assert_matches_detectron2(instances, semantic, thresholds, mask_boxes=boxes)
+    panoptic, _ = combine_panoptic(instances, semantic, *thresholds)
+    masks = instances.pred_masks
+
+    ids = [s["id"] for s in info]
+    assert ids == list(range(1, len(info) + 1))  # unique, 1..K
+    assert set(torch.unique(panoptic).tolist()) <= {0, *ids}  # one segment (or none) per pixel
+    things = [s for s in info if s["isthing"]]
+    assert info[: len(things)] == things  # things first
+    assert [s["score"] for s in things] == sorted((s["score"] for s in things), reverse=True)
+    kept = torch.zeros(h, w, dtype=torch.bool)
+    for s in things:
+        own = panoptic == s["id"]
+        mask = masks[s["instance_id"]]
+        area = int(mask.sum())
+        assert s["score"] >= score_threshold and area > 0
+        assert bool(mask[own].all())  # a thing's pixels are its own mask's
+        assert area - int(own.sum()) <= overlap * area + 1e-9  # lost at most the allowed share
+        kept |= mask
+    for s in info[len(things) :]:
+        own = panoptic == s["id"]
+        assert s["category_id"] != 0 and s["area"] >= area_limit
+        assert s["area"] == int(own.sum())
+        assert bool((semantic[own] == s["category_id"]).all())
+        assert not bool((own & kept).any())  # stuff only fills pixels no kept thing covers
+
+
+def test_registry_builds_the_configured_combiner():
     cfg = get_cfg()
     add_panoptic_fpn_ext_config(cfg)
     cfg.MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT = 7
+    cfg.MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH = 0.25
+    cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = 0.4
     combiner = build_panoptic_combiner(cfg)
-    assert combiner.stuff_area_limit == 7
+    assert isinstance(combiner, PanopticHeuristicCombiner)
+    instances, semantic, boxes = random_case(2, 10)
+    expected = combine_semantic_and_instance_outputs(instances, semantic, 0.25, 7, 0.4)
+    out = combiner(instances, semantic, mask_boxes=boxes)
+    assert torch.equal(out[0], expected[0]) and out[1] == expected[1]
 
-    @register_once(PANOPTIC_COMBINER_REGISTRY, name="TestOnlyStuffCombiner")
-    class OnlyStuff:
+
+def test_a_registered_combiner_is_selected_from_yaml_and_unknown_names_fail(tmp_path):
+    @register_once(PANOPTIC_COMBINER_REGISTRY, name="TestStuffOnlyCombiner")
+    class StuffOnly:
         def __init__(self, cfg):
             self.cfg = cfg
 
-        def __call__(self, instances, semantic):
+        def __call__(self, instances, semantic, mask_boxes=None):
             return semantic.to(torch.int32), []
 
-    cfg.MODEL.PANOPTIC_FPN_EXT.COMBINER_NAME = "TestOnlyStuffCombiner"
-    assert isinstance(build_panoptic_combiner(cfg), OnlyStuff)
+    yaml = tmp_path / "custom.yaml"
+    yaml.write_text("MODEL:\n  PANOPTIC_FPN_EXT:\n    COMBINER_NAME: TestStuffOnlyCombiner\n")
+    cfg = get_cfg()
+    add_panoptic_fpn_ext_config(cfg)
+    merge_config_file(cfg, str(yaml))
+    assert isinstance(build_panoptic_combiner(cfg), StuffOnly)
+    cfg.MODEL.PANOPTIC_FPN_EXT.COMBINER_NAME = "NoSuchCombiner"
+    with pytest.raises(ValueError, match="MODEL.PANOPTIC_FPN_EXT.COMBINER_NAME"):
+        build_panoptic_combiner(cfg)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_detectron2_without_a_sync_per_instance():
+    def count_syncs(n: int) -> int:
+        instances, semantic, boxes = random_case(n, n, h=64, w=80, density=0.9)
+        instances, semantic, boxes = instances.to("cuda"), semantic.cuda(), boxes.cuda()
+        assert_matches_detectron2(instances, semantic, (0.5, 20, 0.0), mask_boxes=boxes)
+        assert_matches_detectron2(instances, semantic, (0.5, 20, 0.0))
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with pytest.warns(UserWarning) as record:
+                combine_panoptic(instances, semantic, 0.5, 20, 0.0, mask_boxes=boxes)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return len(record)
+
+    assert count_syncs(40) == count_syncs(5)  # a fixed number per image, not per instance

@@ -1,5 +1,6 @@
 """Training: the plugin's DefaultTrainer, its atomic checkpointer and resumable sampler."""
 
-from .checkpoint import AtomicDetectionCheckpointer, atomic_write
+from ..file_io import atomic_write
+from .checkpoint import AtomicDetectionCheckpointer
 from .sampler import ResumableTrainingSampler
 from .trainer import PanopticFPNExtTrainer

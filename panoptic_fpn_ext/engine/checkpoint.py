@@ -7,33 +7,14 @@ to disk, and renamed over the target, so readers only ever see a complete old or
 """
 
 import os
-import tempfile
-from typing import Any, Callable, IO
+from typing import Any
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["AtomicDetectionCheckpointer", "atomic_write"]
+from ..file_io import atomic_write
 
-
-def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Create or replace ``path`` with what ``write(f)`` writes to a binary file object.
-
-    The data goes to a temporary file next to ``path`` first (fsync'd) and is then renamed over
-    ``path``; on any error the temporary file is removed and ``path`` is left unchanged.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+__all__ = ["AtomicDetectionCheckpointer"]
 
 
 class AtomicDetectionCheckpointer(DetectionCheckpointer):

@@ -10,6 +10,7 @@ from detectron2.data import (
 from detectron2.engine import DefaultTrainer
 
 from ..data import PanopticDatasetMapper
+from ..evaluation import build_panoptic_fpn_evaluators
 from .checkpoint import AtomicDetectionCheckpointer
 from .sampler import ResumableTrainingSampler
 
@@ -84,6 +85,4 @@ class PanopticFPNExtTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        from ..evaluation import build_panoptic_fpn_evaluators  # the evaluation package
-
         return build_panoptic_fpn_evaluators(cfg, dataset_name, output_folder)

@@ -1,1 +1,31 @@
-"""(filled in by its own module files)"""
+"""Panoptic evaluation: streaming PQ, prediction export, and the evaluators of train_net.py."""
+
+from .build import SemanticFromPanoptic, build_panoptic_fpn_evaluators, semantic_evaluation_dataset
+from .export import PanopticExporter, export_paths
+from .panoptic_evaluator import PanopticQualityEvaluator, read_panoptic_id_map
+from .pq import (
+    PanopticPredictionError,
+    PQStatistics,
+    Segments,
+    image_pq_statistics,
+    pq_per_category,
+    pq_summary,
+    segments_from_info,
+)
+
+__all__ = [
+    "PQStatistics",
+    "PanopticExporter",
+    "PanopticPredictionError",
+    "PanopticQualityEvaluator",
+    "Segments",
+    "SemanticFromPanoptic",
+    "build_panoptic_fpn_evaluators",
+    "export_paths",
+    "image_pq_statistics",
+    "pq_per_category",
+    "pq_summary",
+    "read_panoptic_id_map",
+    "segments_from_info",
+    "semantic_evaluation_dataset",
+]

@@ -1,15 +1,17 @@
 """The Panoptic FPN meta-architecture, registered as ``PanopticFPNExt``."""
 
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple, Union
 
 import torch
-from detectron2.config import configurable
+from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.panoptic_fpn import PanopticFPN
 from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
+from detectron2.structures import Instances
 
 from ..registration import register_once
 from .combiner import build_panoptic_combiner
+from .post_processing import paste_regions
 
 __all__ = ["PanopticFPNExt"]
 
@@ -25,21 +27,24 @@ class PanopticFPNExt(PanopticFPN):
     model-zoo checkpoints load with no missing or unexpected keys.
 
     Inference uses the combiner from ``PANOPTIC_COMBINER_REGISTRY``
-    (``MODEL.PANOPTIC_FPN_EXT.COMBINER_NAME``) instead of Detectron2's fixed function.
+    (``MODEL.PANOPTIC_FPN_EXT.COMBINER_NAME``) instead of Detectron2's fixed function, and tells
+    it where each pasted mask can lie (:func:`paste_regions`), so that it need not scan the
+    full-size masks.
     """
 
     @configurable
     def __init__(self, *, combiner: Callable, **kwargs):
         """
         Args:
-            combiner: ``combiner(instances, semantic_labels) -> (panoptic_seg, segments_info)``.
+            combiner: ``combiner(instances, semantic_labels, mask_boxes=...) -> (panoptic_seg,
+                segments_info)``, an entry of ``PANOPTIC_COMBINER_REGISTRY``.
             kwargs: arguments of Detectron2's ``PanopticFPN``.
         """
         super().__init__(**kwargs)
         self.combiner = combiner
 
     @classmethod
-    def from_config(cls, cfg) -> Dict:
+    def from_config(cls, cfg: CfgNode) -> Dict:
         ret = super().from_config(cfg)
         # Detectron2 scales the box predictor's loss_weight dict by lambda_i, but that dict (from
         # ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT) has no "loss_cls" entry, so the classification loss
@@ -49,14 +54,19 @@ class PanopticFPNExt(PanopticFPN):
         ret["combiner"] = build_panoptic_combiner(cfg)
         return ret
 
-    def inference(self, batched_inputs: List[Dict[str, torch.Tensor]], do_postprocess: bool = True):
+    def inference(
+        self, batched_inputs: List[Dict[str, torch.Tensor]], do_postprocess: bool = True
+    ) -> Union[List[Dict], Tuple[List[Instances], torch.Tensor]]:
         """
         Args:
             batched_inputs: as in ``forward``; "height"/"width" give the output size.
-            do_postprocess: False returns the raw ``(list[Instances], Tensor (N, C, H, W))``.
+            do_postprocess: False returns the raw outputs at the padded input size.
         Returns:
-            per image {"sem_seg": (C, H, W) logits, "instances": Instances,
-            "panoptic_seg": (int32 (H, W), segments_info)} at the requested output size.
+            with ``do_postprocess``: per image {"sem_seg": float (C, H, W) logits, "instances":
+            Instances (pred_boxes, scores, pred_classes, bool pred_masks (N, H, W)),
+            "panoptic_seg": (int32 (H, W), segments_info)} at the requested output size;
+            without: (list of Instances at input size with (N, 1, 28, 28) mask probabilities,
+            float (B, C, H, W) semantic logits).
         """
         detector_results, sem_seg_results = super().inference(batched_inputs, do_postprocess=False)
         if not do_postprocess:
@@ -66,12 +76,19 @@ class PanopticFPNExt(PanopticFPN):
             for sem_seg, detector, inputs in zip(sem_seg_results, detector_results, batched_inputs)
         ]
 
-    def _postprocess_one(self, sem_seg: torch.Tensor, detector, inputs: Dict) -> Dict:
-        """Resize one image's raw outputs to its output size and combine them."""
+    def _postprocess_one(self, sem_seg: torch.Tensor, detector: Instances, inputs: Dict) -> Dict:
+        """Resize one image's raw outputs to its output size and combine them.
+
+        Args:
+            sem_seg: float (C, H', W') logits at the padded input size.
+            detector: the image's raw detections; ``detector.image_size`` is its input size.
+            inputs: the image's input dict; "height"/"width" give the output size.
+        """
         image_size = detector.image_size
         height = inputs.get("height", image_size[0])
         width = inputs.get("width", image_size[1])
         sem_seg_r = sem_seg_postprocess(sem_seg, image_size, height, width)
         detector_r = detector_postprocess(detector, height, width)
-        panoptic_r = self.combiner(detector_r, sem_seg_r.argmax(dim=0))
+        regions = paste_regions(detector_r.pred_boxes.tensor, height, width)
+        panoptic_r = self.combiner(detector_r, sem_seg_r.argmax(dim=0), mask_boxes=regions)
         return {"sem_seg": sem_seg_r, "instances": detector_r, "panoptic_seg": panoptic_r}

@@ -5,6 +5,7 @@ from typing import Dict
 import torch
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
+from torch.nn import functional as F
 
 from ..registration import register_once
 
@@ -21,18 +22,29 @@ class PanopticFPNExtSemSegHead(SemSegFPNHead):
     classes + "other"), and 4x bilinear upsampling returns them at input resolution.
 
     The layers are Detectron2's ``SemSegFPNHead`` (same module names, so weights are
-    interchangeable). The loss is per-pixel cross-entropy averaged over labelled pixels
-    (``IGNORE_VALUE`` excluded), times ``LOSS_WEIGHT``; it is computed with autocast disabled, in
-    fp32, so mixed-precision training does not change it.
+    interchangeable). The loss is per-pixel cross-entropy summed over the labelled pixels
+    (``IGNORE_VALUE`` excluded) and divided by their number, times ``LOSS_WEIGHT``. It is computed
+    in fp32 with autocast disabled, so mixed-precision training does not change it, and it is 0
+    (not NaN, as a plain mean would give) for a batch without labelled pixels.
     """
 
     def losses(self, predictions: torch.Tensor, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
         """
         Args:
-            predictions: (N, C, H/4, W/4) logits, any float dtype.
-            targets: (N, H, W) int64 labels, ``ignore_value`` where unlabelled.
+            predictions: (B, C, H / common_stride, W / common_stride) logits, any float dtype.
+            targets: int64 (B, H, W) labels, ``ignore_value`` where unlabelled.
         Returns:
             {"loss_sem_seg": fp32 scalar}.
         """
         with torch.autocast(device_type=predictions.device.type, enabled=False):
-            return super().losses(predictions.float(), targets)
+            logits = F.interpolate(
+                predictions.float(),
+                scale_factor=self.common_stride,
+                mode="bilinear",
+                align_corners=False,
+            )
+            total = F.cross_entropy(
+                logits, targets, reduction="sum", ignore_index=self.ignore_value
+            )
+            num_labelled = (targets != self.ignore_value).sum().clamp(min=1)
+            return {"loss_sem_seg": total / num_labelled * self.loss_weight}
