@@ -8,12 +8,13 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, List
 
 import torch
+
+from panoptic_fpn_ext.file_io import atomic_write
 
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
@@ -70,7 +71,4 @@ def update_benchmarks_md(row_id: str, text: str) -> None:
         new = head + block + rest.split(end, 1)[1]
     else:
         new = old.rstrip() + "\n\n" + block + "\n"
-    fd, tmp = tempfile.mkstemp(dir=BENCHMARKS_MD.parent, prefix=".BENCHMARKS.md.")
-    with os.fdopen(fd, "w") as f:
-        f.write(new)
-    os.replace(tmp, BENCHMARKS_MD)
+    atomic_write(str(BENCHMARKS_MD), lambda f: f.write(new.encode()))
