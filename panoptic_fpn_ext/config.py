@@ -113,9 +113,31 @@ def validate_config(cfg: CN) -> None:
 
     name = cfg.MODEL.PANOPTIC_FPN_EXT.COMBINER_NAME
     if name not in PANOPTIC_COMBINER_REGISTRY:
+        registered = sorted(k for k, _ in PANOPTIC_COMBINER_REGISTRY)
         raise ValueError(
             f"Config key MODEL.PANOPTIC_FPN_EXT.COMBINER_NAME = {name!r} is not in "
-            f"PANOPTIC_COMBINER_REGISTRY; registered: {sorted(k for k, _ in PANOPTIC_COMBINER_REGISTRY)}"
+            f"PANOPTIC_COMBINER_REGISTRY; registered: {registered}"
         )
+    _check_device(cfg)
     _check_datasets(cfg, "DATASETS.TRAIN")
     _check_datasets(cfg, "DATASETS.TEST")
+
+
+def _check_device(cfg: CN) -> None:
+    """MODEL.DEVICE must exist here, and AMP needs CUDA (Detectron2's AMPTrainer asserts it)."""
+    import torch
+
+    try:
+        device = torch.device(cfg.MODEL.DEVICE)
+    except RuntimeError as e:
+        raise ValueError(f"Config key MODEL.DEVICE = {cfg.MODEL.DEVICE!r}: {e}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"Config key MODEL.DEVICE = {cfg.MODEL.DEVICE!r}, but this machine has no CUDA device; "
+            f"use MODEL.DEVICE cpu"
+        )
+    if cfg.SOLVER.AMP.ENABLED and device.type != "cuda":
+        raise ValueError(
+            f"Config key SOLVER.AMP.ENABLED = True needs MODEL.DEVICE cuda (Detectron2's "
+            f"AMPTrainer runs on CUDA only); got MODEL.DEVICE = {cfg.MODEL.DEVICE!r}"
+        )

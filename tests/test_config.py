@@ -1,9 +1,12 @@
-"""add_panoptic_fpn_ext_config: defaults, idempotence, and errors for misspelled keys."""
+"""Config keys: defaults, idempotence, and start-up errors naming the file or key at fault."""
+
+import re
 
 import pytest
+import torch
 from detectron2.config import get_cfg
 
-from panoptic_fpn_ext import add_panoptic_fpn_ext_config, merge_config_file
+from panoptic_fpn_ext import add_panoptic_fpn_ext_config, merge_config_file, validate_config
 
 
 def _cfg():
@@ -57,3 +60,79 @@ def test_wrong_type_names_file(tmp_path):
     path.write_text("PANOPTIC_FPN_EXT:\n  EVAL:\n    INSTANCE_AP: [1, 2]\n")
     with pytest.raises(ValueError, match="bad_type.yaml"):
         merge_config_file(_cfg(), str(path))
+
+
+def _validated(*opts):
+    cfg = _cfg()
+    cfg.merge_from_list(list(opts))
+    validate_config(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        (
+            ("MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH", 1.5),
+            "OVERLAP_THRESH = 1.5 is out of range",
+        ),
+        (("MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", -0.1), "CONFIDENCE_THRESH"),
+        (("MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 300), "IGNORE_VALUE = 300"),
+        (("SOLVER.IMS_PER_BATCH", 0), "IMS_PER_BATCH = 0"),
+        (("PANOPTIC_FPN_EXT.SEMANTIC_TARGET", "things"), "SEMANTIC_TARGET = 'things'"),
+        (("PANOPTIC_FPN_EXT.EVAL.EXPORT_FORMATS", ["kitti"]), "unknown format 'kitti'"),
+        (("MODEL.PANOPTIC_FPN_EXT.COMBINER_NAME", "Nope"), "COMBINER_NAME = 'Nope' is not in"),
+        (
+            ("MODEL.DEVICE", "cpu", "DATASETS.TRAIN", ("no_such_set",)),
+            "names dataset 'no_such_set'",
+        ),
+        (("MODEL.DEVICE", "tpu9"), "MODEL.DEVICE = 'tpu9'"),
+        (("MODEL.DEVICE", "cpu", "SOLVER.AMP.ENABLED", True), "SOLVER.AMP.ENABLED = True needs"),
+    ],
+)
+def test_validate_config_names_the_key(opts, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _validated(*opts)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_device_without_cuda_is_rejected():
+    with pytest.raises(ValueError, match="MODEL.DEVICE = 'cuda'.*no CUDA device"):
+        _validated("MODEL.DEVICE", "cuda")
+
+
+def test_defaults_validate():
+    _validated("DATASETS.TRAIN", (), "DATASETS.TEST", (), "MODEL.DEVICE", "cpu")
+
+
+def test_train_net_rejects_bad_values_before_building_anything(monkeypatch, tmp_path):
+    """train_net.setup validates before any model, data loader or output directory exists."""
+    import train_net
+    from detectron2.engine import default_argument_parser
+
+    def fail(*args, **kwargs):
+        raise AssertionError("data was loaded before the config was validated")
+
+    monkeypatch.setattr("detectron2.data.DatasetCatalog.get", fail)
+    out = tmp_path / "out"
+    argv = [
+        "--config-file",
+        "configs/quick_start/panoptic_fpn_ext_R_18_shapes.yaml",
+        "MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH",
+        "2.0",
+        "OUTPUT_DIR",
+        str(out),
+    ]
+    with pytest.raises(ValueError, match="OVERLAP_THRESH = 2.0 is out of range"):
+        train_net.setup(default_argument_parser().parse_args(argv))
+    assert not out.exists()
+
+
+def test_train_net_rejects_wrong_type_on_command_line():
+    import train_net
+    from detectron2.engine import default_argument_parser
+
+    argv = ["--config-file", "configs/quick_start/panoptic_fpn_ext_R_18_shapes.yaml"]
+    argv += ["SOLVER.MAX_ITER", "many"]
+    with pytest.raises(ValueError, match="MAX_ITER"):
+        train_net.setup(default_argument_parser().parse_args(argv))

@@ -1,13 +1,18 @@
 """The plugin's DefaultTrainer: panoptic mapper and evaluators, atomic checkpoints, exact resume."""
 
+import logging
 import re
+import weakref
 
 from detectron2.data import (
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..data import PanopticDatasetMapper
 from ..evaluation import build_panoptic_fpn_evaluators
@@ -29,21 +34,39 @@ class PanopticFPNExtTrainer(DefaultTrainer):
     * a non-finite loss stops training with an error naming the iteration and the loss terms,
       raised before the optimizer step, so no checkpoint ever holds the diverged weights.
 
+    * several CPU processes (``MODEL.DEVICE cpu`` with ``--num-gpus N``) train over Gloo:
+      Detectron2's ``DefaultTrainer`` always gives DistributedDataParallel ``device_ids=[rank]``,
+      which DDP rejects for a model on the CPU.
+
     Everything else (AMP via ``SOLVER.AMP.ENABLED``, DDP, LR schedule, TensorBoard/JSON writers,
     periodic checkpoints, evaluation hooks) is Detectron2's.
     """
 
-    def build_hooks(self):
-        # DefaultTrainer.__init__ builds its checkpointer just before the hooks; swap in the atomic
-        # one here so that the PeriodicCheckpointer hook and resume_or_load both use it.
-        old = self.checkpointer
+    def __init__(self, cfg):
+        # DefaultTrainer.__init__, with the two differences above (DDP device_ids, checkpointer);
+        # it cannot be called itself because it wraps the model in DDP before any override runs.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False, **_ddp_device_kwargs(cfg))
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
+
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = AtomicDetectionCheckpointer(
-            old.model, old.save_dir, **old.checkpointables
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
-        self.checkpointer.add_checkpointable(
-            "train_sampler", self._trainer.data_loader.resumable_sampler
-        )
-        return super().build_hooks()
+        self.checkpointer.add_checkpointable("train_sampler", data_loader.resumable_sampler)
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     def resume_or_load(self, resume: bool = True) -> None:
         super().resume_or_load(resume=resume)
@@ -86,3 +109,8 @@ class PanopticFPNExtTrainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_panoptic_fpn_evaluators(cfg, dataset_name, output_folder)
+
+
+def _ddp_device_kwargs(cfg) -> dict:
+    """DDP's ``device_ids``: Detectron2's default (this process's GPU), or none for a CPU model."""
+    return {"device_ids": None} if cfg.MODEL.DEVICE == "cpu" else {}
