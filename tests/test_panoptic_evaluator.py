@@ -111,6 +111,24 @@ def test_results_do_not_depend_on_threads_or_batches(tmp_path):
     assert_same_results(three, one, tol=0)
 
 
+def test_rgba_ground_truth_pngs_give_the_rgb_results(tmp_path):
+    """The alpha channel of a GT PNG is ignored (the evaluator reads the PNG as RGBA)."""
+    images = case_images(6, seed=5)
+    name = registered(tmp_path, images)
+    rgb = run(PanopticQualityEvaluator(name), images, str(tmp_path))
+    rng = np.random.default_rng(0)
+    for image in images:
+        png = tmp_path / "gt" / f"{image.image_id}.png"
+        pixels = np.asarray(Image.open(png).convert("RGB"))
+        alpha = rng.integers(0, 256, size=pixels.shape[:2], dtype=np.uint8)
+        Image.fromarray(np.dstack([pixels, alpha]), "RGBA").save(png)
+        assert Image.open(png).mode == "RGBA"
+        assert evaluator_module.read_panoptic_id_map(str(png)).numpy().tolist() == (
+            image.gt_ids.tolist()
+        )
+    assert_same_results(run(PanopticQualityEvaluator(name), images, str(tmp_path)), rgb, tol=0)
+
+
 def test_evaluator_can_be_reused_after_reset(tmp_path):
     images = case_images(4)
     evaluator = PanopticQualityEvaluator(registered(tmp_path, images))

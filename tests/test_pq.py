@@ -22,7 +22,7 @@ from panoptic_eval_cases import (
     reference_pq,
     segment,
 )
-from panoptic_fpn_ext.data import PanopticDataError
+from panoptic_fpn_ext.data import PanopticDataError, id2rgb
 from panoptic_fpn_ext.evaluation import (
     PanopticPredictionError,
     PQStatistics,
@@ -31,6 +31,7 @@ from panoptic_fpn_ext.evaluation import (
     pq_summary,
     segments_from_info,
 )
+from panoptic_fpn_ext.evaluation import pq
 from panoptic_fpn_ext.evaluation.pq import MAX_SEGMENT_ID, segment_index_map
 
 PERSON, CAR, DOG, BIKE, ROAD, SKY, GRASS, WALL = range(8)  # category indices of CATEGORIES
@@ -251,6 +252,95 @@ def test_segment_index_map_finds_every_id(ids):
     expected = np.array([0, *range(1, len(ids) + 1), len(ids) + 1, len(ids) + 1, len(ids) + 1])
     assert index.dtype == torch.int32
     assert index.numpy().tolist() == expected[picks].tolist()
+
+
+# --- the CPU route (one lookup table of all 24-bit ids) against the general one -------------
+
+
+def rgba(ids: np.ndarray, alpha: int = 255) -> np.ndarray:
+    """A COCO-panoptic PNG's pixels as the evaluator reads them (RGBA)."""
+    pixels = np.empty(ids.shape + (4,), dtype=np.uint8)
+    pixels[..., :3] = id2rgb(ids)
+    pixels[..., 3] = alpha
+    return pixels
+
+
+def each_route_statistics(image: PanopticImage, gt_map, pred_map, pred_segments, monkeypatch):
+    """(statistics through the CPU route, through the general route) of one image."""
+    gt = segments_from_info(image.gt_segments, NUM_THINGS, NUM_STUFF, "gt", PanopticDataError)
+    pred = segments_from_info(pred_segments, NUM_THINGS, NUM_STUFF, "pred")
+    args = (gt, pred_map, pred, NUM_CATEGORIES, "image")
+    fast = image_pq_statistics(gt_map, *args)
+    with monkeypatch.context() as patch:
+        patch.setattr(pq, "_cpu_joint_histogram", lambda *_: None)
+        general = image_pq_statistics(torch.as_tensor(image.gt_ids, dtype=torch.int32), *args)
+    return fast, general
+
+
+def renumbered(image: PanopticImage, first: int):
+    """The prediction with ids first, first + 1, ...: above any lookup-free range when large."""
+    ids = np.where(image.pred_ids > 0, image.pred_ids + first - 1, 0)
+    segments = [dict(s, id=s["id"] + first - 1) for s in image.pred_segments]
+    return ids, segments
+
+
+@pytest.mark.parametrize("size", [(24, 32), (64, 96)])  # histogram counted without / with lanes
+def test_cpu_route_gives_the_general_route_statistics(size, monkeypatch):
+    rng = np.random.default_rng(11)
+    for image_id in range(25):
+        image = random_image(rng, image_id, *size)
+        pred_ids, pred_segments = renumbered(image, 1 + 40000 * (image_id % 2))
+        small_or_int64 = torch.int16 if pred_ids.max() < 1 << 15 else torch.int64
+        for gt_map, pred_map in [
+            (torch.as_tensor(image.gt_ids, dtype=torch.int32), torch.as_tensor(pred_ids)),
+            (rgba(image.gt_ids), torch.as_tensor(pred_ids, dtype=torch.int32)),
+            (rgba(image.gt_ids, alpha=7), torch.as_tensor(pred_ids, dtype=small_or_int64)),
+        ]:
+            fast, general = each_route_statistics(
+                image, gt_map, pred_map, pred_segments, monkeypatch
+            )
+            for ours, theirs in zip(vars(fast).values(), vars(general).values()):
+                assert torch.equal(ours, theirs)
+    assert not pq._id_tables.table.any()  # the lookup table is left clean
+
+
+def test_cpu_route_falls_back_for_many_segments(monkeypatch):
+    """(300 + 2) GT rows x 301 prediction columns do not fit the 16-bit lookup table."""
+    index = np.arange(600).reshape(20, 30) // 2  # 300 segments of 2 pixels
+    gt_ids, pred_ids = index * 1000 + 7, index + 1
+    categories = [k % NUM_CATEGORIES for k in range(300)]
+    image = PanopticImage(
+        0,
+        gt_ids,
+        [segment(k * 1000 + 7, c) for k, c in enumerate(categories)],
+        pred_ids,
+        [segment(k + 1, c) for k, c in enumerate(categories)],
+    )
+    fast, general = each_route_statistics(
+        image, rgba(gt_ids), torch.as_tensor(pred_ids), image.pred_segments, monkeypatch
+    )
+    assert int(fast.tp.sum()) == 300
+    for ours, theirs in zip(vars(fast).values(), vars(general).values()):
+        assert torch.equal(ours, theirs)
+
+
+def test_cpu_route_errors_name_the_ids():
+    image = simple_image()
+    image.gt_ids[0, 0] = 12345678
+    gt = segments_from_info(image.gt_segments, NUM_THINGS, NUM_STUFF, "gt", PanopticDataError)
+    pred = segments_from_info(image.pred_segments, NUM_THINGS, NUM_STUFF, "pred")
+    with pytest.raises(PanopticDataError, match=r"ground truth id map.*\[12345678\]"):
+        image_pq_statistics(rgba(image.gt_ids), gt, torch.as_tensor(image.pred_ids), pred, 8, "im")
+    # An unlisted predicted id below the largest listed one (counted without a lookup).
+    pred_ids = simple_image().pred_ids
+    pred_ids[0, 0] = 3
+    pred = segments_from_info([segment(4, ROAD), segment(2, SKY)], NUM_THINGS, NUM_STUFF, "p")
+    pred_ids[1, 1] = 2
+    with pytest.raises(PanopticPredictionError, match=r"not in segments_info: \[3\]; .*\[\]"):
+        image_pq_statistics(
+            rgba(simple_image().gt_ids), gt, torch.as_tensor(pred_ids), pred, 8, "image 5"
+        )
+    assert not pq._id_tables.table.any()
 
 
 # --- bad inputs ----------------------------------------------------------------------------

@@ -3,8 +3,8 @@
 Two formats, both a JSON file plus a folder of PNGs (COCO panoptic result format: one PNG of
 segment ids per image, ``id = R + 256 G + 256² B``, and per image ``{"image_id", "file_name",
 "segments_info": [{"id", "category_id"}]}`` with the dataset's own category ids). The folder is
-named like the JSON without ``.json``, the layout panopticapi's ``pq_compute`` and cityscapesscripts'
-``evalPanopticSemanticLabeling`` expect:
+named like the JSON without ``.json``, the layout panopticapi's ``pq_compute`` and
+cityscapesscripts' ``evalPanopticSemanticLabeling`` expect:
 
 * ``"coco"``: ``panoptic_predictions.json`` and ``panoptic_predictions/<image file stem>.png``
   (the naming of Detectron2's ``COCOPanopticEvaluator``), for the COCO test server;

@@ -19,11 +19,13 @@ from tabulate import tabulate
 from ..data.panoptic_io import PanopticDataError
 from .export import PanopticExporter
 from .pq import (
+    MAX_SEGMENT_ID,
     PanopticPredictionError,
     PQStatistics,
     image_pq_statistics,
     pq_per_category,
     pq_summary,
+    rgba_ids,
     segments_from_info,
 )
 
@@ -33,6 +35,39 @@ logger = logging.getLogger(__name__)
 
 # Number of image ids listed in an error message.
 _MAX_LISTED = 10
+
+
+def _read_panoptic_rgba(path: str) -> np.ndarray:
+    """Read a COCO-panoptic PNG's pixels, as the reference does (no EXIF orientation, no color
+    conversion).
+
+    Args:
+        path: an 8-bit RGB (or RGBA, alpha ignored) PNG; ``id = R + 256 G + 256² B``.
+    Returns:
+        uint8 (H, W, 4), C-contiguous: R, G, B and 255 (see :func:`.pq.rgba_ids`).
+    Raises:
+        FileNotFoundError: no such file.
+        PanopticDataError: the file cannot be decoded, or is not 8-bit RGB/RGBA.
+    """
+    if not PathManager.isfile(path):
+        raise FileNotFoundError(f"Panoptic PNG {path} does not exist")
+    with PathManager.open(path, "rb") as f:
+        data = f.read()
+    # OpenCV decodes PNGs faster than PIL and releases the GIL meanwhile.
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    if image is None:
+        raise PanopticDataError(f"Cannot decode panoptic PNG {path}: not a readable image file")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
+        channels = 1 if image.ndim == 2 else image.shape[2]
+        raise PanopticDataError(
+            f"Panoptic PNG {path} has {channels} channel(s) of {image.dtype}; expected 8-bit RGB "
+            "(segment id = R + 256 G + 256² B)"
+        )
+    if image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGBA)  # alpha 255
+    rgba = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
+    rgba[..., 3] = 255
+    return rgba
 
 
 def read_panoptic_id_map(path: str) -> torch.Tensor:
@@ -47,25 +82,7 @@ def read_panoptic_id_map(path: str) -> torch.Tensor:
         FileNotFoundError: no such file.
         PanopticDataError: the file cannot be decoded, or is not 8-bit RGB/RGBA.
     """
-    if not PathManager.isfile(path):
-        raise FileNotFoundError(f"Panoptic PNG {path} does not exist")
-    with PathManager.open(path, "rb") as f:
-        data = np.frombuffer(f.read(), dtype=np.uint8)
-    # OpenCV decodes PNGs faster than PIL and releases the GIL meanwhile.
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if len(data) else None
-    if image is None:
-        raise PanopticDataError(f"Cannot decode panoptic PNG {path}: not a readable image file")
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
-        channels = 1 if image.ndim == 2 else image.shape[2]
-        raise PanopticDataError(
-            f"Panoptic PNG {path} has {channels} channel(s) of {image.dtype}; expected 8-bit RGB "
-            "(segment id = R + 256 G + 256² B)"
-        )
-    code = cv2.COLOR_BGR2RGBA if image.shape[2] == 3 else cv2.COLOR_BGRA2RGBA
-    rgba = cv2.cvtColor(image, code)
-    # Each pixel's 4 bytes read as a little-endian word are R + 2^8 G + 2^16 B + 2^24 A.
-    ids = rgba.view("<u4")[..., 0] & 0xFFFFFF
-    return torch.from_numpy(ids.view(np.int32))
+    return torch.from_numpy(rgba_ids(_read_panoptic_rgba(path)) & MAX_SEGMENT_ID)
 
 
 def _listed(values: Sequence) -> str:
@@ -83,8 +100,11 @@ class PanopticQualityEvaluator(DatasetEvaluator):
     histogram, and the image's per-category TP/FP/FN counts and IoU sums are added to running
     totals (see :mod:`.pq` for the definition, the reference one) in the order the images came,
     so results do not depend on thread timing. At most ``2 * num_threads`` predictions wait at any
-    time; with a model on a GPU, the GT decoding overlaps the next batch's inference. Memory is a
-    few arrays of one entry per category, whatever the number of images.
+    time; with a model on a GPU, the GT decoding overlaps the next batch's inference. The threads
+    spend their time in OpenCV and numpy calls that release the GIL (on the CPU, each GT pixel is
+    looked up once in a per-thread table of all 24-bit ids, see :func:`.pq.image_pq_statistics`).
+    Memory is a few arrays of one entry per category, whatever the number of images, plus each
+    thread's buffers for one image.
 
     ``evaluate`` gathers those arrays (and the processed image ids) from all processes and reports,
     in percent, like Detectron2's ``COCOPanopticEvaluator``::
@@ -185,12 +205,13 @@ class PanopticQualityEvaluator(DatasetEvaluator):
         return self._records[image_id]
 
     def _ground_truth(self, record: Mapping[str, Any], describe: str):
-        """The record's GT id map (int32 (H, W)) and segments, on the CPU."""
+        """The record's GT PNG pixels (uint8 RGBA (H, W, 4), see :func:`.pq.rgba_ids`) and
+        segments, on the CPU."""
         path = record["pan_seg_file_name"]
-        id_map = read_panoptic_id_map(path)
-        if tuple(id_map.shape) != (record["height"], record["width"]):
+        pixels = _read_panoptic_rgba(path)
+        if tuple(pixels.shape[:2]) != (record["height"], record["width"]):
             raise PanopticDataError(
-                f"Panoptic PNG {path} of {describe} is {id_map.shape[0]}x{id_map.shape[1]} "
+                f"Panoptic PNG {path} of {describe} is {pixels.shape[0]}x{pixels.shape[1]} "
                 f"(HxW); its record says {record['height']}x{record['width']}"
             )
         segments = segments_from_info(
@@ -200,7 +221,7 @@ class PanopticQualityEvaluator(DatasetEvaluator):
             f"{describe}: ground truth {path}",
             error=PanopticDataError,
         )
-        return id_map, segments
+        return pixels, segments
 
     def _image_result(
         self,
@@ -222,16 +243,24 @@ class PanopticQualityEvaluator(DatasetEvaluator):
             self._num_stuff,
             f"{describe}: prediction",
         )
-        gt_id_map, gt = self._ground_truth(record, describe)
+        gt_pixels, gt = self._ground_truth(record, describe)
         statistics = image_pq_statistics(
-            gt_id_map, gt, id_map, pred, len(self._class_names), describe
+            gt_pixels, gt, id_map, pred, len(self._class_names), describe
         )
         return statistics, [e.write(image, id_map, segments_info) for e in self._exporters]
 
     def _collect(self, future: Future) -> None:
         """Add a finished image's result (or raise its error)."""
         statistics, entries = future.result()
-        self._statistics = statistics if self._statistics is None else self._statistics + statistics
+        if self._statistics is None:
+            self._statistics = PQStatistics(
+                *(
+                    x.clone()
+                    for x in (statistics.tp, statistics.fp, statistics.fn, statistics.iou_sum)
+                )
+            )
+        else:
+            self._statistics.add_(statistics)
         for exported, entry in zip(self._exported, entries):
             exported.append(entry)
 

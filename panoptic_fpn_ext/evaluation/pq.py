@@ -25,8 +25,10 @@ semantic "things" label). Here both kinds share one axis, the *category index*: 
 ``c``, stuff ``s`` is ``T + s - 1``; ``C = T + S``.
 """
 
+import mmap
+import threading
 from dataclasses import dataclass
-from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Type
+from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Type, Union
 
 import numpy as np
 import torch
@@ -44,6 +46,7 @@ __all__ = [
     "joint_histogram",
     "pq_per_category",
     "pq_summary",
+    "rgba_ids",
     "segment_index_map",
     "segments_from_info",
 ]
@@ -56,6 +59,11 @@ _SLOT_MASK = 0xFFFF
 _SLOT_SHIFTS = (0, 8, 4)
 # Number of offending ids listed in an error message.
 _MAX_LISTED = 10
+# The CPU route (see _cpu_joint_histogram) counts predicted ids as they are (no lookup) when they
+# lie in [0, max listed id] and the histogram then has at most this many bins per pixel.
+_DIRECT_BINS_PER_PIXEL = 1
+# It counts each pixel in one of this many lanes (a power of 2) of its histogram bin.
+_LANES = 8
 
 
 class PanopticPredictionError(ValueError):
@@ -105,6 +113,17 @@ class PQStatistics:
             self.iou_sum + other.iou_sum,
         )
 
+    def add_(self, other: "PQStatistics") -> "PQStatistics":
+        """Add the statistics of ``other`` to these, in place (CPU tensors; numpy adds, whose
+        per-call cost is a fraction of torch's); returns self."""
+        for total, value in zip(
+            (self.tp, self.fp, self.fn, self.iou_sum),
+            (other.tp, other.fp, other.fn, other.iou_sum),
+        ):
+            array = total.numpy()
+            np.add(array, value.numpy(), out=array)
+        return self
+
     def cpu(self) -> "PQStatistics":
         """The same statistics on the CPU."""
         return PQStatistics(self.tp.cpu(), self.fp.cpu(), self.fn.cpu(), self.iou_sum.cpu())
@@ -145,6 +164,8 @@ def _check_ids(ids: np.ndarray, describe: str, error: Type[ValueError]) -> None:
             f"{describe}: segment id(s) {_listed(bad.tolist())} out of range; expected 1 to "
             f"{MAX_SEGMENT_ID} (0 is void)"
         )
+    if len(set(ids.tolist())) == len(ids):
+        return
     unique, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         raise error(f"{describe}: segment id(s) {_listed(unique[counts > 1].tolist())} repeat")
@@ -291,19 +312,150 @@ def joint_histogram(
     return torch.bincount(key, minlength=(num_gt + 2) * width).view(num_gt + 2, width)
 
 
+def rgba_ids(rgba: np.ndarray) -> np.ndarray:
+    """The segment ids of a COCO-panoptic PNG decoded as RGBA, modulo 2^24.
+
+    Args:
+        rgba: uint8 (H, W, 4), C-contiguous: R, G, B as in the PNG (``id = R + 256 G + 256² B``),
+            any alpha.
+    Returns:
+        int32 (H, W), a view: each pixel's 4 bytes read as a little-endian word,
+        ``id + 2^24 A`` modulo 2^32; with A = 255, ``id - 2^24``.
+    """
+    return rgba.view("<i4")[..., 0]
+
+
+def _id_tensor(gt_id_map: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
+    """An id map given as RGBA pixels (see :func:`image_pq_statistics`) as an int32 tensor."""
+    if isinstance(gt_id_map, torch.Tensor):
+        return gt_id_map
+    return torch.from_numpy(rgba_ids(gt_id_map) & MAX_SEGMENT_ID)
+
+
+class _IdTable(threading.local):
+    """One uint16 per 24-bit segment id, zero except while an image is looked up; one per thread.
+
+    The 32 MiB are an anonymous private memory map: a page that was never written reads as zero
+    without being backed, and :meth:`release` gives the written pages back after each image, so
+    the resident memory is a few pages (those of the image's ids), whatever the number of images.
+    """
+
+    def __init__(self):
+        size = 2 * (MAX_SEGMENT_ID + 1)
+        if hasattr(mmap, "MAP_PRIVATE"):
+            self.memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+        else:  # Windows: no flags, no madvise
+            self.memory = mmap.mmap(-1, size)
+        self.table = np.frombuffer(self.memory, dtype=np.uint16)
+
+    def release(self) -> None:
+        if hasattr(self.memory, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            self.memory.madvise(mmap.MADV_DONTNEED)
+
+
+_id_tables = _IdTable()
+
+
+def _gt_row_offsets(
+    gt_id_map: Union[torch.Tensor, np.ndarray], gt_ids: np.ndarray, width: int
+) -> Optional[np.ndarray]:
+    """``row * width`` for each GT pixel, row being 0 for an id not in ``gt_ids``, 1 for void,
+    k + 2 for ``gt_ids[k]``: uint16 (H * W,) numpy array; or None where this does not apply (an
+    id map outside [0, MAX_SEGMENT_ID], or (len(gt_ids) + 2) * width > 2^16)."""
+    if (len(gt_ids) + 2) * width > 1 << 16:
+        return None
+    if isinstance(gt_id_map, torch.Tensor):
+        low, high = (int(x) for x in torch.aminmax(gt_id_map))
+        if low < VOID_ID or high > MAX_SEGMENT_ID:
+            return None
+        values = gt_id_map.reshape(-1).numpy()
+    else:
+        values = rgba_ids(gt_id_map).reshape(-1)
+    table = _id_tables.table
+    known = np.concatenate([[VOID_ID], gt_ids])
+    table[known] = np.arange(width, (len(known) + 1) * width, width, dtype=np.uint16)
+    try:
+        try:
+            # Indices in [-2^24, 0) count from the end: an RGBA pixel with A = 255 gives its id.
+            return np.take(table, values)
+        except IndexError:  # RGBA with another alpha
+            return np.take(table, values & MAX_SEGMENT_ID)
+    finally:
+        table[known] = 0
+        _id_tables.release()
+
+
+class _Lanes(threading.local):
+    """``i % _LANES`` for the pixels i of the last image size, one per thread."""
+
+    lanes: Optional[np.ndarray] = None
+
+    def of(self, num_pixels: int) -> np.ndarray:
+        if self.lanes is None or len(self.lanes) != num_pixels:
+            self.lanes = np.arange(num_pixels, dtype=np.int32) % _LANES
+        return self.lanes
+
+
+_lanes = _Lanes()
+
+
+def _cpu_joint_histogram(
+    gt_id_map: Union[torch.Tensor, np.ndarray],
+    gt_ids: torch.Tensor,
+    pred_id_map: torch.Tensor,
+    pred_ids: torch.Tensor,
+) -> Optional[np.ndarray]:
+    """The values of :func:`joint_histogram` of the two id maps' segment indices, on the CPU,
+    without an index map per side: each GT pixel's row is looked up in one table of all 24-bit
+    ids (:func:`_gt_row_offsets`); predicted ids are counted as they are when they lie in
+    [0, max listed id] (models number their segments 1..K), through :func:`segment_index_map`
+    otherwise. None where the GT lookup does not apply.
+    """
+    rows = len(gt_ids) + 2
+    pred_flat = pred_id_map.reshape(-1).numpy()
+    num_pixels = len(pred_flat)
+    top = int(pred_ids.max()) if len(pred_ids) else VOID_ID
+    direct = rows * (top + 1) <= _DIRECT_BINS_PER_PIXEL * max(num_pixels, 1)
+    if direct and num_pixels:
+        direct = pred_flat.min() >= VOID_ID and pred_flat.max() <= top
+    width = top + 1 if direct else len(pred_ids) + 2  # column = predicted id, or index
+    offsets = _gt_row_offsets(gt_id_map, gt_ids.numpy(), width)
+    if offsets is None:
+        return None
+    if not direct:
+        pred_flat = segment_index_map(torch.from_numpy(pred_flat), pred_ids).numpy()
+    key = np.add(offsets, pred_flat, dtype=np.int64 if pred_flat.dtype == np.int64 else np.int32)
+    if _LANES * rows * width <= num_pixels:
+        # Neighbouring pixels mostly share their key, and bincount's increments of one counter
+        # wait for each other; counting pixel i in lane i % _LANES of its bin breaks that chain.
+        np.left_shift(key, _LANES.bit_length() - 1, out=key)
+        np.bitwise_or(key, _lanes.of(num_pixels), out=key)
+        counts = torch.bincount(torch.from_numpy(key), minlength=_LANES * rows * width)
+        counts = counts.numpy().reshape(-1, _LANES).sum(1)
+    else:
+        counts = torch.bincount(torch.from_numpy(key), minlength=rows * width).numpy()
+    counts = counts.reshape(rows, width)
+    counts = np.concatenate([counts[1:], counts[:1]])  # void, gt_ids, unlisted ids
+    if not direct:
+        return counts
+    listed = counts[:, np.concatenate([[VOID_ID], pred_ids.numpy()])]
+    unlisted = counts.sum(1) - listed.sum(1)
+    return np.concatenate([listed, unlisted[:, None]], 1)
+
+
 def _unlisted_ids(id_map: torch.Tensor, segment_ids: torch.Tensor) -> list:
     present = torch.unique(id_map).cpu()
     keep = ~torch.isin(present, segment_ids.cpu()) & (present != VOID_ID)
     return present[keep].tolist()
 
 
-def _absent_ids(areas: torch.Tensor, segment_ids: torch.Tensor) -> list:
-    return segment_ids.cpu()[(areas == 0).cpu()].tolist()
+def _absent_ids(areas: np.ndarray, segment_ids: torch.Tensor) -> list:
+    return segment_ids.cpu().numpy()[areas == 0].tolist()
 
 
 def check_segment_ids(
-    histogram: torch.Tensor,
-    gt_id_map: torch.Tensor,
+    histogram: Union[torch.Tensor, np.ndarray],
+    gt_id_map: Union[torch.Tensor, np.ndarray],
     gt_ids: torch.Tensor,
     pred_id_map: torch.Tensor,
     pred_ids: torch.Tensor,
@@ -311,59 +463,71 @@ def check_segment_ids(
 ) -> None:
     """Check that each id map holds exactly the ids of its ``segments_info`` (plus void).
 
-    One device-to-host transfer when everything is consistent; the offending ids are only looked
-    up on error.
+    One device-to-host transfer (of the histogram); the offending ids are only looked up on
+    error.
 
     Args:
-        histogram: the :func:`joint_histogram` of the two maps.
-        gt_id_map, pred_id_map: the id maps (H, W).
+        histogram: the :func:`joint_histogram` of the two maps (a tensor on any device, or its
+            values as a numpy array).
+        gt_id_map, pred_id_map: the id maps (H, W) (the GT's may be RGBA pixels, see
+            :func:`image_pq_statistics`).
         gt_ids, pred_ids: int64 (Kg,), (Kp,), the ids listed in ``segments_info``.
         describe: names the image in error messages.
     Raises:
         PanopticDataError: the GT map has an unlisted id, or a listed GT id has no pixel.
         PanopticPredictionError: the same for the prediction.
     """
-    gt_areas = histogram[1:-1].sum(1)
-    pred_areas = histogram[:, 1:-1].sum(0)
-    flags = torch.stack(
-        [
-            histogram[-1].sum() > 0,
-            (gt_areas == 0).any(),
-            histogram[:, -1].sum() > 0,
-            (pred_areas == 0).any(),
-        ]
-    ).tolist()
+    counts = _host(histogram)
+    gt_areas = counts[1:-1].sum(1)
+    pred_areas = counts[:, 1:-1].sum(0)
+    flags = [
+        counts[-1].any(),
+        (gt_areas == 0).any(),
+        counts[:, -1].any(),
+        (pred_areas == 0).any(),
+    ]
+    if not any(flags):
+        return
+    gt_id_map = _id_tensor(gt_id_map)
     for side, (unlisted, absent), id_map, ids, areas, error in (
         ("ground truth", flags[:2], gt_id_map, gt_ids, gt_areas, PanopticDataError),
         ("prediction", flags[2:], pred_id_map, pred_ids, pred_areas, PanopticPredictionError),
     ):
         if unlisted or absent:
+            extra = _unlisted_ids(id_map, ids) if unlisted else []
+            missing = _absent_ids(areas, ids) if absent else []
             raise error(
                 f"{describe}: the {side} id map and its segments_info disagree: ids in the map "
-                f"but not in segments_info: {_listed(_unlisted_ids(id_map, ids) if unlisted else [])};"
-                f" ids in segments_info but not in the map: "
-                f"{_listed(_absent_ids(areas, ids) if absent else [])}"
+                f"but not in segments_info: {_listed(extra)}; ids in segments_info but not in "
+                f"the map: {_listed(missing)}"
             )
 
 
+def _host(histogram: Union[torch.Tensor, np.ndarray]) -> np.ndarray:
+    return histogram.cpu().numpy() if isinstance(histogram, torch.Tensor) else histogram
+
+
 def image_statistics(
-    histogram: torch.Tensor, gt: Segments, pred: Segments, num_categories: int
+    histogram: Union[torch.Tensor, np.ndarray], gt: Segments, pred: Segments, num_categories: int
 ) -> PQStatistics:
     """PQ statistics of one image from its joint histogram.
 
+    The rules run on the CPU, in numpy: a few operations on (Kg, Kp) matrices, where numpy's
+    per-operation cost is well below torch's.
+
     Args:
         histogram: int64 (Kg + 2, Kp + 2) from :func:`joint_histogram`, checked by
-            :func:`check_segment_ids` (every listed segment has pixels, no unknown ids).
+            :func:`check_segment_ids` (every listed segment has pixels, no unknown ids); a tensor
+            on any device, or its values as a numpy array.
         gt, pred: the segments behind the histogram's rows and columns (any device).
         num_categories: C.
     Returns:
-        this image's statistics, on the histogram's device.
+        this image's statistics, on the CPU.
     """
     num_gt, num_pred = len(gt.ids), len(pred.ids)
-    device = histogram.device
-    gt_categories, gt_crowd = gt.categories.to(device), gt.iscrowd.to(device)
-    pred_categories = pred.categories.to(device)
-    counts = histogram[: num_gt + 1, : num_pred + 1]
+    gt_categories, gt_crowd = gt.categories.cpu().numpy(), gt.iscrowd.cpu().numpy()
+    pred_categories = pred.categories.cpu().numpy()
+    counts = _host(histogram)[: num_gt + 1, : num_pred + 1]
     gt_area = counts[1:].sum(1)  # (Kg,)
     pred_area = counts[:, 1:].sum(0)  # (Kp,)
     pred_on_void = counts[0, 1:]  # (Kp,) pixels of each predicted segment on GT void
@@ -371,42 +535,49 @@ def image_statistics(
     union = pred_area + gt_area[:, None] - intersection - pred_on_void  # >= gt_area > 0
     same_category = gt_categories[:, None] == pred_categories
     matched = same_category & ~gt_crowd[:, None] & (2 * intersection > union)
-    iou = torch.where(matched, intersection.double() / union.double(), 0.0)
+    iou = np.where(matched, intersection / union, 0.0)  # float64
     gt_matched, pred_matched = matched.any(1), matched.any(0)
 
     # Index of the last crowd GT segment of each category; num_gt (a zero row below) when none.
-    crowd = gt_crowd.nonzero().view(-1)
-    last_crowd = torch.full((num_categories,), num_gt, dtype=torch.int64, device=device)
-    last_crowd.scatter_reduce_(0, gt_categories[crowd], crowd, "amax", include_self=False)
-    with_zero_row = torch.cat([intersection, intersection.new_zeros(1, num_pred)])
-    on_crowd = with_zero_row[last_crowd[pred_categories], torch.arange(num_pred, device=device)]
+    crowd = np.flatnonzero(gt_crowd)
+    last_crowd = np.full(num_categories, -1, dtype=np.int64)
+    np.maximum.at(last_crowd, gt_categories[crowd], crowd)
+    last_crowd[last_crowd < 0] = num_gt
+    with_zero_row = np.concatenate([intersection, np.zeros((1, num_pred), intersection.dtype)])
+    on_crowd = with_zero_row[last_crowd[pred_categories], np.arange(num_pred)]
     ignored = 2 * (pred_on_void + on_crowd) > pred_area
 
-    def per_category(categories: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        zeros = torch.zeros(num_categories, dtype=values.dtype, device=device)
-        return zeros.index_add_(0, categories, values)
+    def per_category(categories: np.ndarray, values: np.ndarray) -> torch.Tensor:
+        total = np.bincount(categories, weights=values, minlength=num_categories)
+        return torch.from_numpy(total if values.dtype == np.float64 else total.astype(np.int64))
 
     return PQStatistics(
-        tp=per_category(gt_categories, gt_matched.long()),
-        fp=per_category(pred_categories, (~pred_matched & ~ignored).long()),
-        fn=per_category(gt_categories, (~gt_matched & ~gt_crowd).long()),
+        tp=per_category(gt_categories, gt_matched),
+        fp=per_category(pred_categories, ~pred_matched & ~ignored),
+        fn=per_category(gt_categories, ~gt_matched & ~gt_crowd),
         iou_sum=per_category(gt_categories, iou.sum(1)),
     )
 
 
 def image_pq_statistics(
-    gt_id_map: torch.Tensor,
+    gt_id_map: Union[torch.Tensor, np.ndarray],
     gt: Segments,
     pred_id_map: torch.Tensor,
     pred: Segments,
     num_categories: int,
     describe: str,
 ) -> PQStatistics:
-    """PQ statistics of one image, on the prediction's device.
+    """PQ statistics of one image, on the CPU.
+
+    The pixels are counted on the prediction's device (on the CPU, through one lookup table of all
+    24-bit ids for the GT, see :func:`_cpu_joint_histogram`), into one joint histogram of
+    (GT segment, predicted segment) pixel counts; the rest, on the CPU, only reads that histogram.
 
     Args:
-        gt_id_map: integer (H, W), GT segment id per pixel (0 = void); moved to ``pred_id_map``'s
-            device.
+        gt_id_map: the GT segment id per pixel (0 = void): an integer tensor (H, W), moved to
+            ``pred_id_map``'s device; or the COCO-panoptic PNG's pixels as a uint8 RGBA numpy
+            array (H, W, 4), C-contiguous, ``id = R + 256 G + 256² B`` (alpha ignored; fastest
+            with alpha 255, see :func:`rgba_ids`).
         gt: the GT segments.
         pred_id_map: integer (H, W), predicted segment id per pixel (0 = void).
         pred: the predicted segments.
@@ -417,19 +588,29 @@ def image_pq_statistics(
             integer one, or its map and segments_info disagree.
         PanopticDataError: the GT map and its segments_info disagree.
     """
-    if tuple(pred_id_map.shape) != tuple(gt_id_map.shape):
+    gt_shape = tuple(gt_id_map.shape[:2])
+    if tuple(pred_id_map.shape) != gt_shape:
         raise PanopticPredictionError(
             f"{describe}: the prediction is {tuple(pred_id_map.shape)} (HxW), the ground truth "
-            f"{tuple(gt_id_map.shape)}; predictions must be at the image's original size"
+            f"{gt_shape}; predictions must be at the image's original size"
         )
     pred_id_map = _integer_id_map(pred_id_map, describe)
-    gt_id_map = gt_id_map.to(pred_id_map.device)
-    histogram = joint_histogram(
-        segment_index_map(gt_id_map, gt.ids),
-        len(gt.ids),
-        segment_index_map(pred_id_map, pred.ids),
-        len(pred.ids),
-    )
+    on_cpu = not isinstance(gt_id_map, torch.Tensor) or gt_id_map.device.type == "cpu"
+    histogram = None
+    if on_cpu and pred_id_map.device.type == "cpu":
+        histogram = _cpu_joint_histogram(gt_id_map, gt.ids, pred_id_map, pred.ids)
+    if histogram is None:
+        gt_id_map = _id_tensor(gt_id_map).to(pred_id_map.device)
+        histogram = (
+            joint_histogram(
+                segment_index_map(gt_id_map, gt.ids),
+                len(gt.ids),
+                segment_index_map(pred_id_map, pred.ids),
+                len(pred.ids),
+            )
+            .cpu()
+            .numpy()
+        )
     check_segment_ids(histogram, gt_id_map, gt.ids, pred_id_map, pred.ids, describe)
     return image_statistics(histogram, gt, pred, num_categories)
 
