@@ -16,7 +16,7 @@ demo: env
 test: env
 	@bash scripts/run_tests.sh
 
-# Also the slow tests (multi-process training, kill-and-resume).
+# Also the tests marked slow (see pytest.ini); the default run already trains, kills and resumes.
 test-slow: env
 	@bash scripts/run_tests.sh --run-slow
 

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Every benchmark under benchmarks/ on this machine's CPU (`make bench`). Each measures Detectron2's
+# implementation and the plugin's in the same run and rewrites its own block of BENCHMARKS.md.
+# GPU rows: run the scripts with --device cuda on a machine that has one.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+PY=${VENV:-$ROOT/.venv}/bin/python
+"$PY" benchmarks/bench_combiner.py
+"$PY" benchmarks/bench_pq_eval.py --num-images 200 --repeats 5
+"$PY" benchmarks/bench_inference.py
+"$PY" benchmarks/bench_train.py
