@@ -34,7 +34,7 @@ from torch import nn
 
 from common import command_line, machine_description, median_seconds, update_benchmarks_md
 from panoptic_fpn_ext import add_panoptic_fpn_ext_config, merge_config_file
-from panoptic_fpn_ext.data.synthetic import _Grid, _panoptic_scene, _render
+from panoptic_fpn_ext.data.synthetic import random_shapes_scene
 from panoptic_fpn_ext.modeling import PanopticFPNExt  # noqa: F401 (registers the meta-arch)
 
 REFERENCE_CONFIG = "COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml"
@@ -63,9 +63,7 @@ def model_config(plugin: bool, device: str) -> CfgNode:
 def make_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
     """uint8 (3, height, width) BGR image of a random "shapes" scene (Detectron2's input format)."""
     rng = np.random.default_rng(seed)
-    grid = _Grid(height, width)
-    ids, segments = _panoptic_scene(grid, rng)
-    rgb = _render(ids, segments, grid, rng)
+    rgb, ids, segments = random_shapes_scene(height, width, rng)
     return torch.from_numpy(np.ascontiguousarray(rgb[:, :, ::-1].transpose(2, 0, 1)))
 
 

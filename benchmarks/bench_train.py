@@ -35,7 +35,7 @@ from torch import nn
 
 from bench_inference import calibrate, model_config
 from common import command_line, machine_description, median_seconds, update_benchmarks_md
-from panoptic_fpn_ext.data.synthetic import THING_IDS, _Grid, _panoptic_scene, _render
+from panoptic_fpn_ext.data.synthetic import THING_IDS, random_shapes_scene
 from panoptic_fpn_ext.modeling import PanopticFPNExt  # noqa: F401 (registers the meta-arch)
 
 STUFF_LABELS = {11: 1, 12: 2, 13: 3}  # sky, ground, water -> semantic labels (0 = things)
@@ -51,9 +51,7 @@ def make_example(height: int, width: int, seed: int) -> Dict:
         gt_masks BitMasks (N, H, W)) of the non-crowd things, "sem_seg": int64 (H, W)}.
     """
     rng = np.random.default_rng(seed)
-    grid = _Grid(height, width)
-    ids, segments = _panoptic_scene(grid, rng)
-    rgb = _render(ids, segments, grid, rng)
+    rgb, ids, segments = random_shapes_scene(height, width, rng)
     sem_seg = np.full((height, width), IGNORE, dtype=np.int64)
     masks, classes = [], []
     for segment in segments:

@@ -192,3 +192,14 @@ def test_registered_shapes_dataset_is_generated_on_first_use(tmp_path):
         str(root / "annotations" / "instances_val.json"),
     ]
     assert os.path.isfile(out[1]) and os.path.isfile(out[3])
+
+
+def test_random_scene_is_drawn_as_the_dataset_draws_its_images(shapes):
+    root, paths, data = shapes
+    rng = np.random.default_rng([3, synthetic._split_key("train"), 1])  # image 1 of seed 3
+    rgb, ids, segments = synthetic.random_shapes_scene(*SIZE, rng)
+    assert rgb.shape == (*SIZE, 3) and rgb.dtype == np.uint8
+    png = os.path.join(paths["panoptic_root"], data["annotations"][0]["file_name"])
+    np.testing.assert_array_equal(ids, _decode_png(png))
+    first = data["annotations"][0]["segments_info"]
+    assert [s["id"] for s in segments] == [s["id"] for s in first]

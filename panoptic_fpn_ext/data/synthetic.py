@@ -43,6 +43,7 @@ __all__ = [
     "ensure_shapes_dataset",
     "generate_shapes_dataset",
     "load_shapes_dataset",
+    "random_shapes_scene",
     "shapes_metadata",
     "shapes_paths",
 ]
@@ -237,6 +238,20 @@ def _render(ids: np.ndarray, segments: List[Dict], grid: _Grid, rng: np.random.G
     image[border] *= 0.5
     image += rng.normal(0, 5, size=image.shape)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def random_shapes_scene(
+    height: int, width: int, rng: np.random.Generator
+) -> Tuple[np.ndarray, np.ndarray, List[Dict]]:
+    """One random "shapes" scene, as the dataset's images are drawn (for benchmarks and tests).
+
+    Returns:
+        uint8 (H, W, 3) RGB image, int64 (H, W) segment id map (0 = void), and the segments
+        ("id", "category_id" as in :data:`SHAPES_CATEGORIES`, "iscrowd").
+    """
+    grid = _Grid(height, width)
+    ids, segments = _panoptic_scene(grid, rng)
+    return _render(ids, segments, grid, rng), ids, segments
 
 
 def _segment_annotations(ids: np.ndarray, segment: Dict) -> Tuple[Dict, Dict]:
