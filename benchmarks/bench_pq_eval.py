@@ -42,7 +42,14 @@ from detectron2.data import DatasetCatalog
 from detectron2.evaluation import COCOPanopticEvaluator
 from PIL import Image
 
-from common import command_line, machine_description, median_seconds, update_benchmarks_md
+from common import (
+    command_line,
+    machine_description,
+    median_seconds,
+    reset_peak_rss,
+    status_kib,
+    update_benchmarks_md,
+)
 from panoptic_fpn_ext.data import id2rgb, register_coco_panoptic_dataset
 from panoptic_fpn_ext.evaluation import PanopticExporter, PanopticQualityEvaluator
 
@@ -295,7 +302,7 @@ def _memory_probe(route: str, root: str, stem: str, prediction_dir: str) -> floa
         entries = {a["image_id"]: a for a in json.load(f)["annotations"]}
     records = DatasetCatalog.get(dataset)
     evaluator.reset()
-    before = _reset_peak_rss()
+    before = reset_peak_rss()
     for record in records:
         entry = entries[record["image_id"]]
         rgb = np.asarray(Image.open(os.path.join(prediction_dir, entry["file_name"])))
@@ -305,21 +312,7 @@ def _memory_probe(route: str, root: str, stem: str, prediction_dir: str) -> floa
         evaluator.process([image], [{"panoptic_seg": (id_map, info)}])
     with contextlib.redirect_stdout(io.StringIO()):
         evaluator.evaluate()
-    return (_status_kib("VmHWM") - before) / 1024
-
-
-def _status_kib(field: str) -> int:
-    """A memory figure of this process from /proc/self/status (Linux), in KiB."""
-    with open("/proc/self/status") as f:
-        line = next(line for line in f if line.startswith(field + ":"))
-    return int(line.split()[1])
-
-
-def _reset_peak_rss() -> int:
-    """Reset this process's peak resident memory to the current one (Linux); returns it, KiB."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return _status_kib("VmRSS")
+    return (status_kib("VmHWM") - before) / 1024
 
 
 def id2rgb_inverse(rgb: np.ndarray) -> np.ndarray:

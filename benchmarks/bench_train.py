@@ -34,7 +34,14 @@ from detectron2.utils.events import EventStorage
 from torch import nn
 
 from bench_inference import calibrate, model_config
-from common import command_line, machine_description, median_seconds, update_benchmarks_md
+from common import (
+    command_line,
+    machine_description,
+    median_seconds,
+    reset_peak_rss,
+    status_kib,
+    update_benchmarks_md,
+)
 from panoptic_fpn_ext.data.synthetic import THING_IDS, random_shapes_scene
 from panoptic_fpn_ext.modeling import PanopticFPNExt  # noqa: F401 (registers the meta-arch)
 
@@ -178,20 +185,6 @@ def measure_time(
 # ---------------------------------------------------------------- peak memory
 
 
-def _status_kib(field: str) -> int:
-    """A memory figure of this process from /proc/self/status (Linux), in KiB."""
-    with open("/proc/self/status") as f:
-        line = next(line for line in f if line.startswith(field + ":"))
-    return int(line.split()[1])
-
-
-def _reset_peak_rss() -> int:
-    """Reset this process's peak resident memory to the current one (Linux); returns it, KiB."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return _status_kib("VmRSS")
-
-
 def _memory_probe(route: str, size: Tuple[int, int], device: str, amp: bool, seed: int) -> float:
     """In a fresh process: MiB added at the peak of one training iteration of ``route``'s model
     (after a warm-up iteration that allocates the optimizer state)."""
@@ -209,9 +202,9 @@ def _memory_probe(route: str, size: Tuple[int, int], device: str, amp: bool, see
         trainer()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
-    before = _reset_peak_rss()
+    before = reset_peak_rss()
     trainer()
-    return (_status_kib("VmHWM") - before) / 1024
+    return (status_kib("VmHWM") - before) / 1024
 
 
 def _send_memory_probe(connection, *args) -> None:

@@ -51,6 +51,20 @@ def machine_description(device: str = "cpu") -> str:
     )
 
 
+def status_kib(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (Linux), in KiB."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1])
+
+
+def reset_peak_rss() -> int:
+    """Reset this process's peak resident memory to the current one (Linux); returns it, KiB."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return status_kib("VmRSS")
+
+
 def command_line() -> str:
     """The command that ran this benchmark, as a user would retype it from the repo root."""
     script = os.path.relpath(sys.argv[0], BENCHMARKS_MD.parent)
