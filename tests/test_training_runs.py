@@ -35,8 +35,8 @@ def _start(datasets_root, record, out_dir, *flags, opts=()):
     env = dict(os.environ, DETECTRON2_DATASETS=datasets_root)
     cmd = [sys.executable, DRIVER, "--config-file", CONFIG, "--record", str(record), *flags]
     cmd += SCHEDULE + ["OUTPUT_DIR", str(out_dir), *opts]
-    log = open(f"{record}.log", "wb")
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with open(f"{record}.log", "wb") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _run(datasets_root, record, out_dir, *flags, opts=(), timeout=300):
@@ -51,7 +51,8 @@ def _records(path):
     """The complete lines of a record file (a run killed mid-write may leave the last one cut)."""
     if not os.path.exists(path):
         return []
-    lines = open(path).read().split("\n")
+    with open(path) as f:
+        lines = f.read().split("\n")
     return [json.loads(line) for line in lines[:-1]]  # the text after the last "\n" is not whole
 
 
