@@ -1,6 +1,7 @@
 """End-to-end inference latency: PanopticFPNExt vs Detectron2's PanopticFPN, same R50-FPN weights.
 
     python benchmarks/bench_inference.py [--device cpu|cuda] [--repeats 5] [--size 800 1333]
+                                         [--profile]
 
 Both models are built from their COCO panoptic R50-FPN 1x configs (Detectron2's
 ``COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml`` and the plugin's
@@ -14,12 +15,18 @@ The input is one 800x1333 synthetic scene (the bundled "shapes" generator: textu
 and water, a few shapes) as a BGR uint8 tensor, the size Detectron2's test-time resize gives COCO
 images; the outputs are asked for at the same size. Each model is timed as ``model([inputs])``
 under ``torch.no_grad()``: preprocessing, backbone, RPN, RoI heads, semantic head and the
-postprocessing (semantic resize + argmax, mask pasting, the panoptic combiner). The
-postprocessing alone is also timed on the same raw outputs. Outputs are checked identical first
-(panoptic maps, segments_info, semantic logits, instances).
+postprocessing (semantic resize + argmax, mask pasting, the panoptic combiner). The plugin runs
+twice: with its default config (channels-last memory layout) and with
+``MODEL.PANOPTIC_FPN_EXT.CHANNELS_LAST False``. The postprocessing alone is also timed on the
+same raw outputs. Outputs are checked first: identical to Detectron2's (panoptic maps,
+segments_info, semantic logits, instances) for the default layout, equal up to float rounding
+for channels-last (see :func:`check_equivalent`). ``--profile`` also prints each model's time per
+module (backbone, RPN, RoI heads, semantic head) and the two semantic-label reductions.
 """
 
 import argparse
+import statistics
+import time
 from typing import Callable, Dict, List, Tuple
 
 import numpy as np
@@ -32,7 +39,14 @@ from detectron2.modeling.meta_arch.panoptic_fpn import combine_semantic_and_inst
 from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
 from torch import nn
 
-from common import command_line, machine_description, median_seconds, update_benchmarks_md
+from common import (
+    alternating_medians,
+    command_line,
+    machine_description,
+    median_seconds,
+    synchronize,
+    update_benchmarks_md,
+)
 from panoptic_fpn_ext import add_panoptic_fpn_ext_config, merge_config_file
 from panoptic_fpn_ext.data.synthetic import random_shapes_scene
 from panoptic_fpn_ext.modeling import PanopticFPNExt  # noqa: F401 (registers the meta-arch)
@@ -45,14 +59,22 @@ PLUGIN_CONFIG = "configs/COCO-PanopticSegmentation/panoptic_fpn_ext_R_50_1x.yaml
 # reach the combiner as with a trained model (tens of the 100 per image score >= 0.5).
 CLASS_LOGIT_STD = 2.5
 MASK_LOGIT_STD = 4.0
+# How far the channels-last plugin's outputs may be from Detectron2's (float rounding only): the
+# largest semantic logit difference relative to the largest logit, the largest score difference,
+# and the least fraction of pixels whose panoptic category must agree.
+LOGIT_TOLERANCE = 1e-4
+SCORE_TOLERANCE = 1e-3
+MIN_PIXEL_AGREEMENT = 0.999
 
 
-def model_config(plugin: bool, device: str) -> CfgNode:
-    """The R50-FPN 1x COCO panoptic config: the plugin's, or Detectron2's model-zoo one."""
+def model_config(plugin: bool, device: str, channels_last: bool = True) -> CfgNode:
+    """The R50-FPN 1x COCO panoptic config: the plugin's (with its default channels-last layout
+    unless ``channels_last`` is False), or Detectron2's model-zoo one."""
     cfg = get_cfg()
     if plugin:
         add_panoptic_fpn_ext_config(cfg)
         merge_config_file(cfg, PLUGIN_CONFIG)
+        cfg.MODEL.PANOPTIC_FPN_EXT.CHANNELS_LAST = channels_last
     else:
         cfg.merge_from_file(model_zoo.get_config_file(REFERENCE_CONFIG))
     cfg.MODEL.WEIGHTS = ""
@@ -127,15 +149,19 @@ def calibrate(model: nn.Module, inputs: List[Dict]) -> None:
 
 def build_models(
     inputs: List[Dict], device: str = "cpu", seed: int = 0
-) -> Tuple[nn.Module, nn.Module]:
-    """Detectron2's PanopticFPN (random init with ``seed``, calibrated on ``inputs``) and
-    PanopticFPNExt with its state_dict loaded strictly; both in eval mode on ``device``."""
+) -> Tuple[nn.Module, nn.Module, nn.Module]:
+    """Detectron2's PanopticFPN (random init with ``seed``, calibrated on ``inputs``), and
+    PanopticFPNExt with its state_dict loaded strictly: in its default channels-last layout, and
+    with ``CHANNELS_LAST`` False. All three in eval mode on ``device``."""
     torch.manual_seed(seed)
     reference = build_model(model_config(plugin=False, device=device))
     calibrate(reference, inputs)
-    plugin = build_model(model_config(plugin=True, device=device))
-    plugin.load_state_dict(reference.state_dict(), strict=True)
-    return reference.eval(), plugin.eval()
+    plugins = []
+    for channels_last in (True, False):
+        plugin = build_model(model_config(True, device, channels_last))
+        plugin.load_state_dict(reference.state_dict(), strict=True)
+        plugins.append(plugin.eval())
+    return (reference.eval(), *plugins)
 
 
 def reference_postprocess(model: nn.Module, raw: Tuple, inputs: List[Dict]) -> List[Dict]:
@@ -181,6 +207,42 @@ def check_identical(expected: List[Dict], actual: List[Dict]) -> None:
             assert torch.equal(value_a, value_b), f"instances.{name} differ"
 
 
+def category_map(panoptic_seg: Tuple[torch.Tensor, List[Dict]]) -> torch.Tensor:
+    """int64 (H, W): 0 on void, else 1 + category id (+ 1000 for things). Segment ids follow the
+    score order, which near-equal scores may change; the categories of the pixels do not."""
+    id_map, segments = panoptic_seg
+    table = torch.zeros(int(id_map.max()) + 1, dtype=torch.int64)
+    for s in segments:
+        table[s["id"]] = 1 + s["category_id"] + 1000 * s["isthing"]
+    return table[id_map.long()]
+
+
+def check_equivalent(expected: List[Dict], actual: List[Dict]) -> Dict[str, float]:
+    """Raise AssertionError unless the outputs agree up to float rounding: semantic logits to
+    ``LOGIT_TOLERANCE`` of their largest magnitude, the same number of detections with scores
+    within ``SCORE_TOLERANCE`` (sorted), and the pixels' panoptic categories on at least
+    ``MIN_PIXEL_AGREEMENT`` of the image. Returns the largest relative logit difference and the
+    smallest pixel agreement seen."""
+    assert len(expected) == len(actual), "different numbers of outputs"
+    worst = {"logit_difference": 0.0, "pixel_agreement": 1.0}
+    for a, b in zip(expected, actual):
+        scale = float(a["sem_seg"].abs().max())
+        difference = float((a["sem_seg"] - b["sem_seg"]).abs().max()) / scale
+        assert difference <= LOGIT_TOLERANCE, f"semantic logits differ by {difference:.2e}"
+        scores_a, scores_b = (
+            a["instances"].scores.sort().values,
+            b["instances"].scores.sort().values,
+        )
+        assert len(scores_a) == len(scores_b), "numbers of detections differ"
+        assert torch.allclose(scores_a, scores_b, rtol=0, atol=SCORE_TOLERANCE), "scores differ"
+        same = category_map(a["panoptic_seg"]) == category_map(b["panoptic_seg"])
+        agreement = float(same.double().mean())
+        assert agreement >= MIN_PIXEL_AGREEMENT, f"panoptic maps differ on {1 - agreement:.2%}"
+        worst["logit_difference"] = max(worst["logit_difference"], difference)
+        worst["pixel_agreement"] = min(worst["pixel_agreement"], agreement)
+    return worst
+
+
 def instance_counts(model: nn.Module, output: Dict) -> Dict[str, int]:
     """How many detections one image has, how many the combiner considers (score >= its
     threshold), and the thing and stuff segments in its panoptic output."""
@@ -197,41 +259,60 @@ def instance_counts(model: nn.Module, output: Dict) -> Dict[str, int]:
 
 @torch.no_grad()
 def measure(
-    reference: nn.Module, plugin: nn.Module, inputs: List[Dict], repeats: int, warmup: int = 1
+    reference: nn.Module,
+    plugin: nn.Module,
+    exact: nn.Module,
+    inputs: List[Dict],
+    repeats: int,
+    warmup: int = 1,
 ) -> Dict[str, float]:
-    """Check the two models' outputs identical on ``inputs``, then time them.
+    """Check the outputs (``exact``, the plugin with ``CHANNELS_LAST`` False: identical to
+    Detectron2's; ``plugin``, its default: equivalent, see :func:`check_equivalent`), then time
+    the three models.
 
     Returns:
-        median seconds per call (``repeats`` runs after ``warmup``): "reference" and "plugin"
-        (``model(inputs)``), "reference_post" and "plugin_post" (their postprocessing on the same
-        raw outputs); and the :func:`instance_counts` of the first image.
+        median seconds per call (``repeats`` rounds after ``warmup``, the models alternating
+        within each round): "reference", "plugin", "exact" (``model(inputs)``),
+        "reference_post" and "plugin_post" (their postprocessing on the same raw outputs);
+        "logit_difference" and "pixel_agreement" from :func:`check_equivalent`; and the
+        :func:`instance_counts` of the first image.
     """
     expected = reference(inputs)
-    check_identical(expected, plugin(inputs))
+    check_identical(expected, exact(inputs))
     raw = reference.inference(inputs, do_postprocess=False)
-    check_identical(expected, plugin_postprocess(plugin, raw, inputs))
+    check_identical(expected, plugin_postprocess(exact, raw, inputs))
     check_identical(expected, reference_postprocess(reference, raw, inputs))
     result: Dict[str, float] = dict(instance_counts(reference, expected[0]))
-    result["reference"] = median_seconds(lambda: reference(inputs), repeats, warmup)
-    result["plugin"] = median_seconds(lambda: plugin(inputs), repeats, warmup)
-    result["reference_post"] = median_seconds(
-        lambda: reference_postprocess(reference, raw, inputs), repeats, warmup
+    result.update(check_equivalent(expected, plugin(inputs)))
+    result["reference"], result["plugin"], result["exact"] = alternating_medians(
+        [lambda: reference(inputs), lambda: plugin(inputs), lambda: exact(inputs)],
+        repeats,
+        warmup,
     )
-    result["plugin_post"] = median_seconds(
-        lambda: plugin_postprocess(plugin, raw, inputs), repeats, warmup
+    result["reference_post"], result["plugin_post"] = alternating_medians(
+        [
+            lambda: reference_postprocess(reference, raw, inputs),
+            lambda: plugin_postprocess(exact, raw, inputs),
+        ],
+        repeats,
+        warmup,
     )
     return result
 
 
 def report(args: argparse.Namespace, r: Dict[str, float]) -> None:
     """Print the result and write the ``inference-{device}`` block of BENCHMARKS.md."""
-    ratio, post_ratio = r["plugin"] / r["reference"], r["plugin_post"] / r["reference_post"]
+    ratio, exact_ratio = r["plugin"] / r["reference"], r["exact"] / r["reference"]
+    post_ratio = r["plugin_post"] / r["reference_post"]
     print(
         f"Detectron2 {r['reference'] * 1e3:.0f} ms | plugin {r['plugin'] * 1e3:.0f} ms "
-        f"({ratio:.3f}x) | postprocessing: Detectron2 {r['reference_post'] * 1e3:.1f} ms, plugin "
-        f"{r['plugin_post'] * 1e3:.1f} ms ({post_ratio:.3f}x) | {r['detections']} detections, "
-        f"{r['considered']} considered by the combiner, {r['things']} thing + {r['stuff']} stuff "
-        "segments",
+        f"({ratio:.3f}x) | plugin, CHANNELS_LAST False {r['exact'] * 1e3:.0f} ms "
+        f"({exact_ratio:.3f}x) | postprocessing: Detectron2 {r['reference_post'] * 1e3:.1f} ms, "
+        f"plugin {r['plugin_post'] * 1e3:.1f} ms ({post_ratio:.3f}x) | {r['detections']} "
+        f"detections, {r['considered']} considered by the combiner, {r['things']} thing + "
+        f"{r['stuff']} stuff segments | channels-last: logits within "
+        f"{r['logit_difference']:.1e} (relative), panoptic categories agree on "
+        f"{r['pixel_agreement']:.4%} of pixels",
         flush=True,
     )
     height, width = args.size
@@ -240,22 +321,97 @@ def report(args: argparse.Namespace, r: Dict[str, float]) -> None:
         f"inference-{args.device}",
         f"## End-to-end inference, R50-FPN, {height}x{width}, {args.device}\n\n"
         f"`{command_line()}` on {machine_description(args.device)}; batch of 1; median of "
-        f"{args.repeats}; outputs checked identical (panoptic map, segments_info, semantic "
-        "logits, instances). Target: plugin at most 0.9x Detectron2's time. Same weights: "
-        "Detectron2's PanopticFPN from its R50-FPN 1x config, randomly initialised (seed "
-        f"{args.seed}) and calibrated on the image (FrozenBN statistics set from the data, "
-        "classifier and mask logits scaled), loaded strictly into the plugin. Default test "
-        'thresholds. Input: one synthetic "shapes" scene; outputs at the input size. '
-        f"The image gives {r['detections']} detections, of which {r['considered']} score at "
-        f"least {r['threshold']:g} and reach the combiner's placement loop; the panoptic map has "
-        f"{r['things']} thing and {r['stuff']} stuff segments.\n\n"
+        f"{args.repeats} rounds, the models alternating. Target: plugin at most 0.9x "
+        "Detectron2's time. Same weights: Detectron2's PanopticFPN from its R50-FPN 1x config, "
+        f"randomly initialised (seed {args.seed}) and calibrated on the image (FrozenBN "
+        "statistics set from the data, classifier and mask logits scaled), loaded strictly into "
+        'the plugin. Default test thresholds. Input: one synthetic "shapes" scene; outputs at '
+        f"the input size. The image gives {r['detections']} detections, of which "
+        f"{r['considered']} score at least {r['threshold']:g} and reach the combiner's "
+        f"placement loop; the panoptic map has {r['things']} thing and {r['stuff']} stuff "
+        "segments.\n\n"
+        "Outputs checked: with `MODEL.PANOPTIC_FPN_EXT.CHANNELS_LAST False` identical to "
+        "Detectron2's (panoptic map, segments_info, semantic logits, instances); with the "
+        "default channels-last layout equal up to float rounding: semantic logits within "
+        f"{r['logit_difference']:.1e} of the largest logit, the same number of detections with "
+        f"scores within {SCORE_TOLERANCE:g}, panoptic categories equal on "
+        f"{r['pixel_agreement']:.4%} of the pixels.\n\n"
         "| part | Detectron2 (ms) | plugin (ms) | plugin / Detectron2 |\n|---|---|---|---|\n"
-        f"| `model([inputs])`, end to end | {r['reference'] * 1e3:.0f} | "
-        f"{r['plugin'] * 1e3:.0f} | {ratio:.3f}x |\n"
-        f"| of which postprocessing (resize, argmax, paste, combine) | "
+        f"| `model([inputs])`, end to end, plugin's default config (channels-last) | "
+        f"{r['reference'] * 1e3:.0f} | {r['plugin'] * 1e3:.0f} | {ratio:.3f}x |\n"
+        f"| `model([inputs])`, end to end, plugin with `CHANNELS_LAST False` | "
+        f"{r['reference'] * 1e3:.0f} | {r['exact'] * 1e3:.0f} | {exact_ratio:.3f}x |\n"
+        f"| postprocessing alone (resize, argmax, paste, combine) | "
         f"{r['reference_post'] * 1e3:.1f} | {r['plugin_post'] * 1e3:.1f} | {post_ratio:.3f}x |\n\n"
-        f"End to end: **{ratio:.3f}x** (target {verdict}).",
+        f"End to end with the default config: **{ratio:.3f}x** (target {verdict}).",
     )
+
+
+# The modules of a Panoptic FPN that --profile times one by one.
+STAGES = ("backbone", "proposal_generator", "roi_heads", "sem_seg_head")
+
+
+def _stage_hooks(model: nn.Module, seconds: Dict[str, List[float]]) -> List:
+    """Hooks appending each :data:`STAGES` module's wall time per call to ``seconds[stage]``."""
+    handles, starts = [], {}
+
+    def start(stage: str) -> Callable:
+        def hook(module: nn.Module, args: Tuple) -> None:
+            synchronize()
+            starts[stage] = time.perf_counter()
+
+        return hook
+
+    def stop(stage: str) -> Callable:
+        def hook(module: nn.Module, args: Tuple, output: object) -> None:
+            synchronize()
+            seconds[stage].append(time.perf_counter() - starts[stage])
+
+        return hook
+
+    for stage in STAGES:
+        module = getattr(model, stage)
+        handles.append(module.register_forward_pre_hook(start(stage)))
+        handles.append(module.register_forward_hook(stop(stage)))
+    return handles
+
+
+@torch.no_grad()
+def profile(models: Dict[str, nn.Module], inputs: List[Dict], repeats: int) -> Dict[str, Dict]:
+    """Median milliseconds of each model's :data:`STAGES` and of the whole call ("total"; the
+    rest is preprocessing and postprocessing) over ``repeats`` alternating calls after one
+    warm-up; plus "semantic labels": ``argmax(dim=0)`` vs ``max(dim=0).indices`` on the first
+    model's semantic logits at the output size."""
+    seconds = {name: {stage: [] for stage in STAGES + ("total",)} for name in models}
+    handles = [h for name, m in models.items() for h in _stage_hooks(m, seconds[name])]
+    try:
+        for name, model in models.items():
+            seconds[name]["total"] = [0.0] * repeats
+            model(inputs)  # warm-up
+            for stage in STAGES:
+                seconds[name][stage].clear()
+        for round_index in range(repeats):
+            for name, model in models.items():
+                seconds[name]["total"][round_index] = median_seconds(lambda: model(inputs), 1, 0)
+    finally:
+        for handle in handles:
+            handle.remove()
+    result = {
+        name: {stage: 1e3 * statistics.median(values) for stage, values in stages.items()}
+        for name, stages in seconds.items()
+    }
+    logits = next(iter(models.values()))(inputs)[0]["sem_seg"]
+    result["semantic labels"] = {
+        "argmax(dim=0)": 1e3 * median_seconds(lambda: logits.argmax(dim=0), repeats),
+        "max(dim=0).indices": 1e3 * median_seconds(lambda: logits.max(dim=0).indices, repeats),
+    }
+    return result
+
+
+def print_profile(result: Dict[str, Dict]) -> None:
+    """Print :func:`profile`'s result as one line per model."""
+    for name, stages in result.items():
+        print(f"{name}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in stages.items()), flush=True)
 
 
 def main() -> None:
@@ -264,11 +420,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size", type=int, nargs=2, default=(800, 1333), metavar=("H", "W"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--profile", action="store_true", help="also time each model's modules one by one"
+    )
     args = parser.parse_args()
     image = make_image(*args.size, seed=args.seed)
     inputs = [{"image": image.to(args.device)}]
-    reference, plugin = build_models(inputs, args.device, args.seed)
-    report(args, measure(reference, plugin, inputs, args.repeats))
+    models = build_models(inputs, args.device, args.seed)
+    report(args, measure(*models, inputs, args.repeats))
+    if args.profile:
+        names = ("Detectron2", "plugin", "plugin, CHANNELS_LAST False")
+        print_profile(profile(dict(zip(names, models)), inputs, args.repeats))
 
 
 if __name__ == "__main__":

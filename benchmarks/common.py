@@ -4,6 +4,7 @@ Every benchmark measures the reference and the plugin in the same run and report
 absolute times are only meaningful on the machine that printed them.
 """
 
+import multiprocessing
 import os
 import platform
 import statistics
@@ -17,6 +18,10 @@ import torch
 from panoptic_fpn_ext.file_io import atomic_write
 
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+# In memory probes, glibc's malloc serves every allocation of at least this many bytes with its
+# own memory map, returned to the system when freed: the peak resident set then follows the live
+# buffers (repeated probes agree to ~0.1 MiB) instead of the allocator's cached heap (~10% apart).
+PROBE_MMAP_THRESHOLD = 64 * 1024
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -28,15 +33,29 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> f
         fn()
     times: List[float] = []
     for _ in range(repeats):
-        _synchronize()
+        synchronize()
         start = time.perf_counter()
         fn()
-        _synchronize()
+        synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def _synchronize() -> None:
+def alternating_medians(
+    fns: List[Callable[[], object]], repeats: int, warmup: int = 1
+) -> List[float]:
+    """Median seconds of each of ``fns``, timed in alternation (one call of each per round, after
+    ``warmup`` rounds), so that a change of load on a shared machine affects all of them alike."""
+    times: List[List[float]] = [[] for _ in fns]
+    for round_index in range(warmup + repeats):
+        for fn, fn_times in zip(fns, times):
+            seconds = median_seconds(fn, repeats=1, warmup=0)
+            if round_index >= warmup:
+                fn_times.append(seconds)
+    return [statistics.median(t) for t in times]
+
+
+def synchronize() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
@@ -63,6 +82,42 @@ def reset_peak_rss() -> int:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     return status_kib("VmRSS")
+
+
+def _send_result(connection, probe: Callable[..., float], args: tuple) -> None:
+    connection.send(probe(*args))
+
+
+def in_fresh_process(probe: Callable[..., float], *args) -> float:
+    """``probe(*args)`` in a fresh (spawned, non-daemonic) process whose glibc malloc uses
+    ``PROBE_MMAP_THRESHOLD``; returns its result.
+
+    Raises:
+        RuntimeError: the process died before sending a result (its exit code is named).
+    """
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_send_result, args=(sender, probe, args))
+    previous = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(PROBE_MMAP_THRESHOLD)  # read by the child's libc
+    try:
+        process.start()
+    finally:
+        if previous is None:
+            del os.environ["MALLOC_MMAP_THRESHOLD_"]
+        else:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = previous
+    sender.close()  # the child's copy is the only writer left: recv() fails if the child dies
+    try:
+        result = receiver.recv()
+    except EOFError:
+        result = None
+    process.join()
+    if result is None:
+        raise RuntimeError(
+            f"memory probe {probe.__name__}{args} exited with code {process.exitcode}"
+        )
+    return result
 
 
 def command_line() -> str:

@@ -189,6 +189,29 @@ def test_locate_masks_gives_tight_boxes():
         assert (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    shape=st.tuples(st.integers(1, 60), st.integers(1, 30), st.integers(1, 30)),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
+    specials=st.sampled_from(["none", "nan", "inf", "both"]),
+    transposed=st.booleans(),
+)
+def test_semantic_labels_equal_argmax_with_ties_and_non_finite_logits(
+    seed, shape, dtype, specials, transposed
+):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randint(0, 3, shape, generator=g).to(dtype)  # many tied maxima
+    for kind, value in (("nan", float("nan")), ("inf", float("inf"))):
+        if specials in (kind, "both"):
+            logits[torch.rand(shape, generator=g) < 0.1] = value
+    if transposed:
+        logits = logits.transpose(1, 2)  # not contiguous
+    labels = post_processing.semantic_labels(logits)
+    assert labels.dtype == torch.int64
+    assert torch.equal(labels, logits.argmax(dim=0))
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_paste_regions_contain_masks_pasted_by_detectron2(seed):
     g = torch.Generator().manual_seed(seed)
@@ -288,6 +311,15 @@ def test_a_registered_combiner_is_selected_from_yaml_and_unknown_names_fail(tmp_
     cfg.MODEL.PANOPTIC_FPN_EXT.COMBINER_NAME = "NoSuchCombiner"
     with pytest.raises(ValueError, match="MODEL.PANOPTIC_FPN_EXT.COMBINER_NAME"):
         build_panoptic_combiner(cfg)
+
+
+@pytest.mark.gpu
+def test_cuda_semantic_labels_equal_argmax():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randint(0, 3, (54, 97, 131), generator=g).float()
+    logits[torch.rand(logits.shape, generator=g) < 0.05] = float("nan")
+    logits = logits.cuda()
+    assert torch.equal(post_processing.semantic_labels(logits), logits.argmax(dim=0))
 
 
 @pytest.mark.gpu

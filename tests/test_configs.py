@@ -1,4 +1,5 @@
 """Every YAML under configs/ loads, validates and builds its model; the predict tool's inputs."""
+
 import glob
 import os
 

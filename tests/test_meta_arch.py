@@ -2,6 +2,8 @@
 outputs, applies the loss weights, and learns on a fixed tiny batch."""
 
 import copy
+import os
+import sys
 
 import pytest
 import torch
@@ -15,6 +17,9 @@ from panoptic_fpn_ext import add_panoptic_fpn_ext_config, merge_config_file
 from panoptic_fpn_ext.modeling import PANOPTIC_COMBINER_REGISTRY
 from panoptic_fpn_ext.registration import register_once
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+from bench_inference import category_map  # noqa: E402  (benchmarks/ is put on the path above)
+
 TINY = "configs/quick_start/panoptic_fpn_ext_R_18_shapes.yaml"
 SIZE = 96
 LOSS_KEYS = {
@@ -27,11 +32,14 @@ LOSS_KEYS = {
 }
 
 
-def tiny_cfg(builtin: bool = False):
-    """A small R18 Panoptic FPN; ``builtin`` selects Detectron2's PanopticFPN + SemSegFPNHead."""
+def tiny_cfg(builtin: bool = False, channels_last: bool = False):
+    """A small R18 Panoptic FPN; ``builtin`` selects Detectron2's PanopticFPN + SemSegFPNHead.
+    The plugin's model uses the default memory layout unless ``channels_last`` (outputs
+    bit-identical to Detectron2's need it)."""
     cfg = get_cfg()
     add_panoptic_fpn_ext_config(cfg)
     merge_config_file(cfg, TINY)
+    cfg.MODEL.PANOPTIC_FPN_EXT.CHANNELS_LAST = channels_last
     if builtin:
         cfg.MODEL.META_ARCHITECTURE = "PanopticFPN"
         cfg.MODEL.SEM_SEG_HEAD.NAME = "SemSegFPNHead"
@@ -114,6 +122,67 @@ def test_same_outputs_as_detectron2(models):
         assert any(s["isthing"] for s in segments) and any(not s["isthing"] for s in segments)
         assert torch.equal(panoptic, y["panoptic_seg"][0])
         assert segments == y["panoptic_seg"][1]
+
+
+def _conv_weights(model):
+    return [p for name, p in model.named_parameters() if p.dim() == 4]
+
+
+def test_channels_last_model_gives_detectron2_outputs_up_to_rounding(models):
+    ours, theirs = models
+    fast = build_model(tiny_cfg(channels_last=True)).eval()
+    fast.load_state_dict(theirs.state_dict(), strict=True)
+    weights = _conv_weights(fast)
+    assert len(weights) > 20
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    assert not all(w.is_contiguous() for w in weights)  # the layout really changed
+    with torch.no_grad():
+        fast_out = fast(images_only(batch()))
+        exact_out = ours(images_only(batch()))
+        raw_instances, raw_sem_seg = fast.inference(images_only(batch()), do_postprocess=False)
+        _, exact_raw_sem_seg = ours.inference(images_only(batch()), do_postprocess=False)
+    torch.testing.assert_close(raw_sem_seg, exact_raw_sem_seg, rtol=5e-4, atol=5e-4)
+    assert not torch.equal(raw_sem_seg, exact_raw_sem_seg)  # a different computation
+    for x, y in zip(fast_out, exact_out):
+        torch.testing.assert_close(x["sem_seg"], y["sem_seg"], rtol=5e-4, atol=5e-4)
+        torch.testing.assert_close(x["instances"].scores, y["instances"].scores, rtol=0, atol=5e-4)
+        agreement = (category_map(x["panoptic_seg"]) == category_map(y["panoptic_seg"])).float()
+        assert agreement.mean() > 0.99, agreement.mean()
+
+
+def test_channels_last_weights_are_the_loaded_values(models):
+    """A channels-last model's state_dict holds exactly the weights it was given: Detectron2's
+    PanopticFPN loaded from it gives outputs identical to the original's."""
+    _, theirs = models
+    fast = build_model(tiny_cfg(channels_last=True))
+    fast.load_state_dict(theirs.state_dict(), strict=True)
+    again = build_model(tiny_cfg(builtin=True)).eval()
+    again.load_state_dict(fast.state_dict(), strict=True)
+    with torch.no_grad():
+        a, b = again(images_only(batch())), theirs(images_only(batch()))
+    for x, y in zip(a, b):
+        assert torch.equal(x["sem_seg"], y["sem_seg"])
+        assert torch.equal(x["panoptic_seg"][0], y["panoptic_seg"][0])
+
+
+def test_channels_last_training_gives_the_same_losses_and_gradients():
+    torch.manual_seed(0)
+    exact = build_model(tiny_cfg())
+    fast = build_model(tiny_cfg(channels_last=True))
+    fast.load_state_dict(exact.state_dict(), strict=True)
+    results = []
+    for model in (exact, fast):
+        torch.manual_seed(3)  # the same RoI sampling in both runs
+        loss_dict = losses(model, batch())
+        sum(loss_dict.values()).backward()
+        results.append((loss_dict, [p.grad for p in _conv_weights(model)]))
+    (exact_losses, exact_grads), (fast_losses, fast_grads) = results
+    assert set(fast_losses) == LOSS_KEYS
+    for key in LOSS_KEYS:
+        torch.testing.assert_close(fast_losses[key], exact_losses[key], rtol=1e-4, atol=1e-6)
+    for fast_grad, exact_grad in zip(fast_grads, exact_grads):
+        scale = exact_grad.abs().max().item()
+        torch.testing.assert_close(fast_grad, exact_grad, rtol=0, atol=1e-3 * scale + 1e-8)
 
 
 def test_raw_outputs_without_postprocess(models):

@@ -7,11 +7,11 @@ from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.panoptic_fpn import PanopticFPN
 from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
-from detectron2.structures import Instances
+from detectron2.structures import ImageList, Instances
 
 from ..registration import register_once
 from .combiner import build_panoptic_combiner
-from .post_processing import paste_regions
+from .post_processing import paste_regions, semantic_labels
 
 __all__ = ["PanopticFPNExt"]
 
@@ -30,18 +30,27 @@ class PanopticFPNExt(PanopticFPN):
     (``MODEL.PANOPTIC_FPN_EXT.COMBINER_NAME``) instead of Detectron2's fixed function, and tells
     it where each pasted mask can lie (:func:`paste_regions`), so that it need not scan the
     full-size masks.
+
+    With ``MODEL.PANOPTIC_FPN_EXT.CHANNELS_LAST`` (the default) the 4-D weights and the input
+    batch are held in channels-last layout, so every convolution runs channels-last; weights
+    loaded later keep that layout (``load_state_dict`` copies into the existing tensors) and the
+    state_dict keys and shapes are unchanged.
     """
 
     @configurable
-    def __init__(self, *, combiner: Callable, **kwargs):
+    def __init__(self, *, combiner: Callable, channels_last: bool = False, **kwargs):
         """
         Args:
             combiner: ``combiner(instances, semantic_labels, mask_boxes=...) -> (panoptic_seg,
                 segments_info)``, an entry of ``PANOPTIC_COMBINER_REGISTRY``.
+            channels_last: use the channels-last memory layout (see the class docstring).
             kwargs: arguments of Detectron2's ``PanopticFPN``.
         """
         super().__init__(**kwargs)
         self.combiner = combiner
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict:
@@ -52,7 +61,18 @@ class PanopticFPNExt(PanopticFPN):
         predictor = ret["roi_heads"].box_predictor
         predictor.loss_weight.setdefault("loss_cls", cfg.MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT)
         ret["combiner"] = build_panoptic_combiner(cfg)
+        ret["channels_last"] = cfg.MODEL.PANOPTIC_FPN_EXT.CHANNELS_LAST
         return ret
+
+    def preprocess_image(self, batched_inputs: List[Dict[str, torch.Tensor]]) -> ImageList:
+        """Detectron2's normalisation, padding and batching: float (B, 3, H, W), in channels-last
+        layout with ``channels_last``."""
+        images = super().preprocess_image(batched_inputs)
+        if not self.channels_last:
+            return images
+        return ImageList(
+            images.tensor.contiguous(memory_format=torch.channels_last), images.image_sizes
+        )
 
     def inference(
         self, batched_inputs: List[Dict[str, torch.Tensor]], do_postprocess: bool = True
@@ -90,5 +110,5 @@ class PanopticFPNExt(PanopticFPN):
         sem_seg_r = sem_seg_postprocess(sem_seg, image_size, height, width)
         detector_r = detector_postprocess(detector, height, width)
         regions = paste_regions(detector_r.pred_boxes.tensor, height, width)
-        panoptic_r = self.combiner(detector_r, sem_seg_r.argmax(dim=0), mask_boxes=regions)
+        panoptic_r = self.combiner(detector_r, semantic_labels(sem_seg_r), mask_boxes=regions)
         return {"sem_seg": sem_seg_r, "instances": detector_r, "panoptic_seg": panoptic_r}

@@ -24,7 +24,7 @@ import torch
 from detectron2.structures import Instances
 from torch.nn import functional as F
 
-__all__ = ["combine_panoptic", "paste_regions", "locate_masks"]
+__all__ = ["combine_panoptic", "paste_regions", "locate_masks", "semantic_labels"]
 
 Box = Tuple[int, int, int, int]  # x0, y0, x1, y1: a half-open pixel rectangle
 SegmentInfo = Dict[str, Union[int, float, bool]]
@@ -34,6 +34,22 @@ SegmentInfo = Dict[str, Union[int, float, bool]]
 # then count into different histogram bins: torch.bincount is about 2x faster when consecutive
 # increments do not hit the same counter.
 LANES = 8
+
+
+def semantic_labels(logits: torch.Tensor) -> torch.Tensor:
+    """The class of each pixel: ``logits.argmax(dim=0)``, the index of the first maximum (NaN
+    counting as the maximum).
+
+    Computed as ``logits.max(dim=0).indices``, which PyTorch documents to give the same indices;
+    on CPU it is several times faster than ``argmax`` for a reduction over the leading dimension
+    (``benchmarks/bench_inference.py --profile`` times both).
+
+    Args:
+        logits: float (C, H, W).
+    Returns:
+        int64 (H, W), values in [0, C), on the device of ``logits``.
+    """
+    return logits.max(dim=0).indices
 
 
 def paste_regions(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
