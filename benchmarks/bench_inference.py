@@ -341,7 +341,7 @@ def report(args: argparse.Namespace, r: Dict[str, float]) -> None:
         f"{r['reference'] * 1e3:.0f} | {r['plugin'] * 1e3:.0f} | {ratio:.3f}x |\n"
         f"| `model([inputs])`, end to end, plugin with `CHANNELS_LAST False` | "
         f"{r['reference'] * 1e3:.0f} | {r['exact'] * 1e3:.0f} | {exact_ratio:.3f}x |\n"
-        f"| postprocessing alone (resize, argmax, paste, combine) | "
+        f"| postprocessing alone (semantic resize and labels, mask paste, combiner) | "
         f"{r['reference_post'] * 1e3:.1f} | {r['plugin_post'] * 1e3:.1f} | {post_ratio:.3f}x |\n\n"
         f"End to end with the default config: **{ratio:.3f}x** (target {verdict}).",
     )

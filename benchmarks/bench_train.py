@@ -41,6 +41,7 @@ from bench_inference import calibrate, model_config
 from common import (
     alternating_medians,
     command_line,
+    PROBE_MMAP_THRESHOLD,
     in_fresh_process,
     machine_description,
     reset_peak_rss,
@@ -305,7 +306,9 @@ def report(args: argparse.Namespace, rows: List[Dict[str, object]]) -> None:
         f"{CHANNELS_LAST_LOSS_RTOL:g} in the default channels-last layout (largest difference "
         f"{differences}: float rounding can reorder near-tied proposals, and so the sampled "
         f"RoIs). Memory: {memory} during one iteration after a warm-up one, each model in a "
-        f"fresh process, median of {MEMORY_PROBES} processes. Target: plugin at most 1.0x "
+        f"fresh process (glibc mmap threshold {PROBE_MMAP_THRESHOLD // 1024} KiB, so that freed "
+        f"buffers leave the resident set), median of {MEMORY_PROBES} processes. Target: plugin "
+        "at most 1.0x "
         "Detectron2's time and memory.\n\n"
         "| precision | plugin config | Detectron2 (s) | plugin (s) | plugin / Detectron2 "
         "| Detectron2 (MiB) | plugin (MiB) | plugin / Detectron2 |\n"

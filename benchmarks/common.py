@@ -45,13 +45,15 @@ def alternating_medians(
     fns: List[Callable[[], object]], repeats: int, warmup: int = 1
 ) -> List[float]:
     """Median seconds of each of ``fns``, timed in alternation (one call of each per round, after
-    ``warmup`` rounds), so that a change of load on a shared machine affects all of them alike."""
+    ``warmup`` rounds), so that a change of load on a shared machine affects all of them alike.
+    Each round starts with the next function, so that none always runs first."""
     times: List[List[float]] = [[] for _ in fns]
     for round_index in range(warmup + repeats):
-        for fn, fn_times in zip(fns, times):
-            seconds = median_seconds(fn, repeats=1, warmup=0)
+        for k in range(len(fns)):
+            index = (round_index + k) % len(fns)
+            seconds = median_seconds(fns[index], repeats=1, warmup=0)
             if round_index >= warmup:
-                fn_times.append(seconds)
+                times[index].append(seconds)
     return [statistics.median(t) for t in times]
 
 

@@ -9,6 +9,15 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
 import bench_inference  # noqa: E402  (benchmarks/ is put on the path just above)
 import bench_train  # noqa: E402
+import common  # noqa: E402
+
+
+def test_alternating_medians_rotates_which_function_runs_first():
+    calls = []
+    fns = [lambda name=name: calls.append(name) for name in "abc"]
+    assert len(common.alternating_medians(fns, repeats=3, warmup=1)) == 3
+    rounds = ["".join(calls[i : i + 3]) for i in range(0, len(calls), 3)]
+    assert rounds == ["abc", "bca", "cab", "abc"]
 
 
 def _perturb(model):
