@@ -8,5 +8,5 @@ cd "$ROOT"
 PY=${VENV:-$ROOT/.venv}/bin/python
 "$PY" benchmarks/bench_combiner.py
 "$PY" benchmarks/bench_pq_eval.py --num-images 200 --repeats 5
-"$PY" benchmarks/bench_inference.py
-"$PY" benchmarks/bench_train.py
+"$PY" benchmarks/bench_inference.py --repeats 7 --profile
+"$PY" benchmarks/bench_train.py --repeats 9
