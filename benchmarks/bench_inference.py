@@ -15,7 +15,7 @@ The input is one 800x1333 synthetic scene (the bundled "shapes" generator: textu
 and water, a few shapes) as a BGR uint8 tensor, the size Detectron2's test-time resize gives COCO
 images; the outputs are asked for at the same size. Each model is timed as ``model([inputs])``
 under ``torch.no_grad()``: preprocessing, backbone, RPN, RoI heads, semantic head and the
-postprocessing (semantic resize + argmax, mask pasting, the panoptic combiner). The plugin runs
+postprocessing (semantic resize + labels, mask pasting, the panoptic combiner). The plugin runs
 twice: with its default config (channels-last memory layout) and with
 ``MODEL.PANOPTIC_FPN_EXT.CHANNELS_LAST False``. The postprocessing alone is also timed on the
 same raw outputs. Outputs are checked first: identical to Detectron2's (panoptic maps,
@@ -379,26 +379,26 @@ def _stage_hooks(model: nn.Module, seconds: Dict[str, List[float]]) -> List:
 @torch.no_grad()
 def profile(models: Dict[str, nn.Module], inputs: List[Dict], repeats: int) -> Dict[str, Dict]:
     """Median milliseconds of each model's :data:`STAGES` and of the whole call ("total"; the
-    rest is preprocessing and postprocessing) over ``repeats`` alternating calls after one
-    warm-up; plus "semantic labels": ``argmax(dim=0)`` vs ``max(dim=0).indices`` on the first
-    model's semantic logits at the output size."""
-    seconds = {name: {stage: [] for stage in STAGES + ("total",)} for name in models}
+    rest is preprocessing and postprocessing) over ``repeats`` rounds of
+    :func:`alternating_medians` after one warm-up round; plus "semantic labels":
+    ``argmax(dim=0)`` vs ``max(dim=0).indices`` on the first model's semantic logits at the
+    output size."""
+    seconds = {name: {stage: [] for stage in STAGES} for name in models}
     handles = [h for name, m in models.items() for h in _stage_hooks(m, seconds[name])]
     try:
-        for name, model in models.items():
-            seconds[name]["total"] = [0.0] * repeats
-            model(inputs)  # warm-up
-            for stage in STAGES:
-                seconds[name][stage].clear()
-        for round_index in range(repeats):
-            for name, model in models.items():
-                seconds[name]["total"][round_index] = median_seconds(lambda: model(inputs), 1, 0)
+        totals = alternating_medians([lambda m=m: m(inputs) for m in models.values()], repeats)
     finally:
         for handle in handles:
             handle.remove()
     result = {
-        name: {stage: 1e3 * statistics.median(values) for stage, values in stages.items()}
-        for name, stages in seconds.items()
+        name: {
+            **{
+                stage: 1e3 * statistics.median(values[-repeats:])
+                for stage, values in stages.items()
+            },
+            "total": 1e3 * total,
+        }
+        for (name, stages), total in zip(seconds.items(), totals)
     }
     logits = next(iter(models.values()))(inputs)[0]["sem_seg"]
     result["semantic labels"] = {
