@@ -19,9 +19,9 @@ differ slightly). Times are medians over rounds of one iteration of each model (
 training on the batch).
 
 Peak memory: each model runs in a fresh process (so that the peaks do not mix) one warm-up
-iteration (which allocates the optimizer state), then the measured one; the median over
-``MEMORY_PROBES`` such processes is reported. On CPU it is the growth
-of the peak resident set during the measured iteration (Linux: /proc/self/clear_refs); on CUDA,
+iteration (which allocates the optimizer state), then the measured one. On CPU it is the growth
+of the peak resident set during the measured iteration (Linux: /proc/self/clear_refs), with
+glibc's mmap threshold fixed (see ``common.in_fresh_process``); on CUDA,
 ``torch.cuda.max_memory_allocated`` minus the memory allocated before it. ``--amp`` adds rows
 with automatic mixed precision (float16 + GradScaler on CUDA, bfloat16 on CPU).
 """
@@ -58,9 +58,6 @@ CHANNELS_LAST_LOSS_RTOL = 1e-2
 # The models measured: Detectron2's, the plugin's default config, the plugin in the default
 # memory layout.
 ROUTES = ("reference", "plugin", "exact")
-# Fresh processes per model whose peak memory is measured (the median is reported): on CPU the
-# peak resident set of one process varies by about 10% with the allocator's state.
-MEMORY_PROBES = 3
 
 
 def make_example(height: int, width: int, seed: int) -> Dict:
@@ -232,14 +229,10 @@ def measure_all(args: argparse.Namespace) -> List[Dict[str, object]]:
         batch = make_batch(2, *args.size, args.device, args.seed)
         row = measure_time(build_models(batch, args.device, args.seed), batch, args.repeats, amp)
         del batch
-        memory = {route: [] for route in ROUTES}
-        for _ in range(MEMORY_PROBES):
-            for route in ROUTES:
-                memory[route].append(
-                    in_fresh_process(_memory_probe, route, args.size, args.device, amp, args.seed)
-                )
-        for route, values in memory.items():
-            row[route + "_memory"] = float(np.median(values))
+        for route in ROUTES:
+            row[route + "_memory"] = in_fresh_process(
+                _memory_probe, route, args.size, args.device, amp, args.seed
+            )
         row["precision"] = "AMP" if amp else "fp32"
         rows.append(row)
         print(
@@ -307,9 +300,9 @@ def report(args: argparse.Namespace, rows: List[Dict[str, object]]) -> None:
         f"{differences}: float rounding can reorder near-tied proposals, and so the sampled "
         f"RoIs). Memory: {memory} during one iteration after a warm-up one, each model in a "
         f"fresh process (glibc mmap threshold {PROBE_MMAP_THRESHOLD // 1024} KiB, so that freed "
-        f"buffers leave the resident set), median of {MEMORY_PROBES} processes. Target: plugin "
-        "at most 1.0x "
-        "Detectron2's time and memory.\n\n"
+        "buffers leave the resident set and the figure repeats from run to run). Target: plugin "
+        "at "
+        "most 1.0x Detectron2's time and memory.\n\n"
         "| precision | plugin config | Detectron2 (s) | plugin (s) | plugin / Detectron2 "
         "| Detectron2 (MiB) | plugin (MiB) | plugin / Detectron2 |\n"
         "|---|---|---|---|---|---|---|---|\n" + table + "\n\n" + summary,

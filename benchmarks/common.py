@@ -20,7 +20,7 @@ from panoptic_fpn_ext.file_io import atomic_write
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 # In memory probes, glibc's malloc serves every allocation of at least this many bytes with its
 # own memory map, returned to the system when freed: the peak resident set then follows the live
-# buffers (repeated probes agree to ~0.1 MiB) instead of the allocator's cached heap (~10% apart).
+# buffers, and repeats from run to run, instead of the allocator's cached heap (~10% apart).
 PROBE_MMAP_THRESHOLD = 64 * 1024
 
 
