@@ -19,6 +19,10 @@ setup(
     install_requires=[
         "numpy",
         "Pillow",
+        # The PQ evaluator's pass over each ground-truth PNG: numba compiles its row unfiltering
+        # and pixel counting (GIL-free); zlib-ng inflates the PNG data.
+        "numba",
+        "zlib-ng",
         "fvcore>=0.1.5",
         "iopath",
         "pycocotools>=2.0.2",

@@ -14,6 +14,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
 from PIL import Image
 
+from png_files import encode_png
 from panoptic_eval_cases import (
     CATEGORIES,
     METADATA,
@@ -41,6 +42,7 @@ from panoptic_fpn_ext.evaluation import (
     build_panoptic_fpn_evaluators,
 )
 from panoptic_fpn_ext.evaluation import panoptic_evaluator as evaluator_module
+from panoptic_fpn_ext.evaluation.png import read_filtered_png
 
 CLASS_NAMES = [c["name"] for c in CATEGORIES]
 _names = itertools.count()
@@ -129,6 +131,25 @@ def test_rgba_ground_truth_pngs_give_the_rgb_results(tmp_path):
     assert_same_results(run(PanopticQualityEvaluator(name), images, str(tmp_path)), rgb, tol=0)
 
 
+def test_ground_truth_decoded_by_opencv_gives_the_same_results(tmp_path, monkeypatch):
+    """Interlaced GT PNGs are decoded by OpenCV, and so is every GT PNG with the plugin's own PNG
+    reader switched off: the results are the same."""
+    images = case_images(6, seed=7)
+    name = registered(tmp_path, images)
+    own_reader = run(PanopticQualityEvaluator(name), images, str(tmp_path))
+    png = tmp_path / "gt" / f"{images[0].image_id}.png"
+    png.write_bytes(encode_png(id2rgb(images[0].gt_ids), interlace=True))
+    assert read_filtered_png(png.read_bytes(), str(png)) is None
+    assert evaluator_module.read_panoptic_id_map(str(png)).numpy().tolist() == (
+        images[0].gt_ids.tolist()
+    )
+    interlaced = run(PanopticQualityEvaluator(name), images, str(tmp_path))
+    assert_same_results(interlaced, own_reader, tol=0)
+    monkeypatch.setattr(evaluator_module, "read_filtered_png", lambda data, path: None)
+    opencv = run(PanopticQualityEvaluator(name), images, str(tmp_path))
+    assert_same_results(opencv, own_reader, tol=0)
+
+
 def test_evaluator_can_be_reused_after_reset(tmp_path):
     images = case_images(4)
     evaluator = PanopticQualityEvaluator(registered(tmp_path, images))
@@ -202,6 +223,7 @@ def test_ground_truth_file_problems_name_the_file(tmp_path):
         (Image.fromarray(images[0].gt_ids.astype(np.uint8)), PanopticDataError, "1 channel"),
         (None, FileNotFoundError, "does not exist"),
         (b"not a png", PanopticDataError, "Cannot decode"),
+        (encode_png(id2rgb(images[0].gt_ids))[:-20], PanopticDataError, "ends inside its IDAT"),
     ]:
         png.unlink(missing_ok=True)
         if isinstance(content, bytes):

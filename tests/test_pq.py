@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from png_files import encode_png
 from panoptic_eval_cases import (
     ISTHING,
     NUM_CATEGORIES,
@@ -32,6 +33,7 @@ from panoptic_fpn_ext.evaluation import (
     segments_from_info,
 )
 from panoptic_fpn_ext.evaluation import pq
+from panoptic_fpn_ext.evaluation.png import read_filtered_png
 from panoptic_fpn_ext.evaluation.pq import MAX_SEGMENT_ID, segment_index_map
 
 PERSON, CAR, DOG, BIKE, ROAD, SKY, GRASS, WALL = range(8)  # category indices of CATEGORIES
@@ -265,6 +267,14 @@ def rgba(ids: np.ndarray, alpha: int = 255) -> np.ndarray:
     return pixels
 
 
+def png(ids: np.ndarray, alpha: bool = False):
+    """A COCO-panoptic PNG of an id map (every row filter type), read as the evaluator reads it."""
+    pixels = id2rgb(ids)
+    if alpha:
+        pixels = np.dstack([pixels, np.full(ids.shape, 7, np.uint8)])
+    return read_filtered_png(encode_png(pixels), "gt.png")
+
+
 def each_route_statistics(image: PanopticImage, gt_map, pred_map, pred_segments, monkeypatch):
     """(statistics through the CPU route, through the general route) of one image."""
     gt = segments_from_info(image.gt_segments, NUM_THINGS, NUM_STUFF, "gt", PanopticDataError)
@@ -295,6 +305,8 @@ def test_cpu_route_gives_the_general_route_statistics(size, monkeypatch):
             (torch.as_tensor(image.gt_ids, dtype=torch.int32), torch.as_tensor(pred_ids)),
             (rgba(image.gt_ids), torch.as_tensor(pred_ids, dtype=torch.int32)),
             (rgba(image.gt_ids, alpha=7), torch.as_tensor(pred_ids, dtype=small_or_int64)),
+            (png(image.gt_ids), torch.as_tensor(pred_ids, dtype=torch.int32)),
+            (png(image.gt_ids, alpha=True), torch.as_tensor(pred_ids, dtype=small_or_int64)),
         ]:
             fast, general = each_route_statistics(
                 image, gt_map, pred_map, pred_segments, monkeypatch
@@ -316,10 +328,31 @@ def test_cpu_route_falls_back_for_many_segments(monkeypatch):
         pred_ids,
         [segment(k + 1, c) for k, c in enumerate(categories)],
     )
-    fast, general = each_route_statistics(
-        image, rgba(gt_ids), torch.as_tensor(pred_ids), image.pred_segments, monkeypatch
+    for gt_map in (rgba(gt_ids), png(gt_ids)):
+        fast, general = each_route_statistics(
+            image, gt_map, torch.as_tensor(pred_ids), image.pred_segments, monkeypatch
+        )
+        assert int(fast.tp.sum()) == 300
+        for ours, theirs in zip(vars(fast).values(), vars(general).values()):
+            assert torch.equal(ours, theirs)
+
+
+def test_png_route_falls_back_for_more_gt_segments_than_its_table_holds(monkeypatch):
+    """65536 GT segments + void + unlisted ids need more rows than 16-bit table entries."""
+    gt_ids = np.arange(1, 65537).reshape(256, 256)
+    pred_ids = np.ones_like(gt_ids)
+    pred_ids[:, 128:] = 2
+    image = PanopticImage(
+        0,
+        gt_ids,
+        [segment(k, k % NUM_CATEGORIES) for k in range(1, 65537)],
+        pred_ids,
+        [segment(1, PERSON), segment(2, CAR)],
     )
-    assert int(fast.tp.sum()) == 300
+    fast, general = each_route_statistics(
+        image, png(gt_ids), torch.as_tensor(pred_ids), image.pred_segments, monkeypatch
+    )
+    assert int(fast.fn.sum()) == 65536
     for ours, theirs in zip(vars(fast).values(), vars(general).values()):
         assert torch.equal(ours, theirs)
 
@@ -329,8 +362,9 @@ def test_cpu_route_errors_name_the_ids():
     image.gt_ids[0, 0] = 12345678
     gt = segments_from_info(image.gt_segments, NUM_THINGS, NUM_STUFF, "gt", PanopticDataError)
     pred = segments_from_info(image.pred_segments, NUM_THINGS, NUM_STUFF, "pred")
-    with pytest.raises(PanopticDataError, match=r"ground truth id map.*\[12345678\]"):
-        image_pq_statistics(rgba(image.gt_ids), gt, torch.as_tensor(image.pred_ids), pred, 8, "im")
+    for gt_map in (rgba(image.gt_ids), png(image.gt_ids)):
+        with pytest.raises(PanopticDataError, match=r"ground truth id map.*\[12345678\]"):
+            image_pq_statistics(gt_map, gt, torch.as_tensor(image.pred_ids), pred, 8, "im")
     # An unlisted predicted id below the largest listed one (counted without a lookup).
     pred_ids = simple_image().pred_ids
     pred_ids[0, 0] = 3

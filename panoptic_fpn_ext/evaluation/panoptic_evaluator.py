@@ -4,7 +4,7 @@ import itertools
 import logging
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -18,6 +18,7 @@ from tabulate import tabulate
 
 from ..data.panoptic_io import PanopticDataError
 from .export import PanopticExporter
+from .png import FilteredPng, decode_rgba, read_filtered_png
 from .pq import (
     MAX_SEGMENT_ID,
     PanopticPredictionError,
@@ -37,14 +38,16 @@ logger = logging.getLogger(__name__)
 _MAX_LISTED = 10
 
 
-def _read_panoptic_rgba(path: str) -> np.ndarray:
-    """Read a COCO-panoptic PNG's pixels, as the reference does (no EXIF orientation, no color
-    conversion).
+def _read_ground_truth_png(path: str) -> Union[FilteredPng, np.ndarray]:
+    """Read a COCO-panoptic PNG, pixel for pixel as the reference does (no EXIF orientation, no
+    color conversion).
 
     Args:
         path: an 8-bit RGB (or RGBA, alpha ignored) PNG; ``id = R + 256 G + 256² B``.
     Returns:
-        uint8 (H, W, 4), C-contiguous: R, G, B and 255 (see :func:`.pq.rgba_ids`).
+        the PNG inflated but not unfiltered (see :mod:`.png`) when it is 8-bit RGB or RGBA without
+        interlacing, the format of COCO's and Cityscapes' panoptic annotations; otherwise its
+        pixels as uint8 (H, W, 4), C-contiguous: R, G, B and 255 (see :func:`.pq.rgba_ids`).
     Raises:
         FileNotFoundError: no such file.
         PanopticDataError: the file cannot be decoded, or is not 8-bit RGB/RGBA.
@@ -53,7 +56,10 @@ def _read_panoptic_rgba(path: str) -> np.ndarray:
         raise FileNotFoundError(f"Panoptic PNG {path} does not exist")
     with PathManager.open(path, "rb") as f:
         data = f.read()
-    # OpenCV decodes PNGs faster than PIL and releases the GIL meanwhile.
+    png = read_filtered_png(data, path)
+    if png is not None:
+        return png
+    # Other PNGs (interlaced, palette, ...) and other formats: OpenCV, which releases the GIL.
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if image is None:
         raise PanopticDataError(f"Cannot decode panoptic PNG {path}: not a readable image file")
@@ -82,7 +88,10 @@ def read_panoptic_id_map(path: str) -> torch.Tensor:
         FileNotFoundError: no such file.
         PanopticDataError: the file cannot be decoded, or is not 8-bit RGB/RGBA.
     """
-    return torch.from_numpy(rgba_ids(_read_panoptic_rgba(path)) & MAX_SEGMENT_ID)
+    pixels = _read_ground_truth_png(path)
+    if isinstance(pixels, FilteredPng):
+        pixels = decode_rgba(pixels)
+    return torch.from_numpy(rgba_ids(pixels) & MAX_SEGMENT_ID)
 
 
 def _listed(values: Sequence) -> str:
@@ -101,8 +110,10 @@ class PanopticQualityEvaluator(DatasetEvaluator):
     totals (see :mod:`.pq` for the definition, the reference one) in the order the images came,
     so results do not depend on thread timing. At most ``2 * num_threads`` predictions wait at any
     time; with a model on a GPU, the GT decoding overlaps the next batch's inference. The threads
-    spend their time in OpenCV and numpy calls that release the GIL (on the CPU, each GT pixel is
-    looked up once in a per-thread table of all 24-bit ids, see :func:`.pq.image_pq_statistics`).
+    spend their time in calls that release the GIL: with predictions on the CPU, the GT PNG is
+    inflated (zlib-ng) and then unfiltered row by row in compiled code (numba) that looks each
+    pixel up in a per-thread table of all 24-bit ids and counts it into the histogram, without
+    decoding the whole image (see :mod:`.png` and :func:`.pq.image_pq_statistics`).
     Memory is a few arrays of one entry per category, whatever the number of images, plus each
     thread's buffers for one image.
 
@@ -205,10 +216,9 @@ class PanopticQualityEvaluator(DatasetEvaluator):
         return self._records[image_id]
 
     def _ground_truth(self, record: Mapping[str, Any], describe: str):
-        """The record's GT PNG pixels (uint8 RGBA (H, W, 4), see :func:`.pq.rgba_ids`) and
-        segments, on the CPU."""
+        """The record's GT PNG (see :func:`_read_ground_truth_png`) and segments, on the CPU."""
         path = record["pan_seg_file_name"]
-        pixels = _read_panoptic_rgba(path)
+        pixels = _read_ground_truth_png(path)
         if tuple(pixels.shape[:2]) != (record["height"], record["width"]):
             raise PanopticDataError(
                 f"Panoptic PNG {path} of {describe} is {pixels.shape[0]}x{pixels.shape[1]} "

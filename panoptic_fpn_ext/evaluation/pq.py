@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ..data.panoptic_io import VOID_ID, PanopticDataError
+from .png import FilteredPng, decode_rgba, joint_counts
 
 __all__ = [
     "MAX_SEGMENT_ID",
@@ -57,6 +58,9 @@ MAX_SEGMENT_ID = 256**3 - 1
 # shifts that separates the ids of the image (see segment_index_map).
 _SLOT_MASK = 0xFFFF
 _SLOT_SHIFTS = (0, 8, 4)
+# A GT id map: an integer tensor (H, W), a COCO-panoptic PNG's pixels as uint8 RGBA (H, W, 4), or
+# the PNG itself, not yet unfiltered (see image_pq_statistics).
+GroundTruth = Union[torch.Tensor, np.ndarray, FilteredPng]
 # Number of offending ids listed in an error message.
 _MAX_LISTED = 10
 # The CPU route (see _cpu_joint_histogram) counts predicted ids as they are (no lookup) when they
@@ -325,10 +329,13 @@ def rgba_ids(rgba: np.ndarray) -> np.ndarray:
     return rgba.view("<i4")[..., 0]
 
 
-def _id_tensor(gt_id_map: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
-    """An id map given as RGBA pixels (see :func:`image_pq_statistics`) as an int32 tensor."""
+def _id_tensor(gt_id_map: GroundTruth) -> torch.Tensor:
+    """A GT id map given as RGBA pixels or a PNG (see :func:`image_pq_statistics`) as an int32
+    tensor."""
     if isinstance(gt_id_map, torch.Tensor):
         return gt_id_map
+    if isinstance(gt_id_map, FilteredPng):
+        gt_id_map = decode_rgba(gt_id_map)
     return torch.from_numpy(rgba_ids(gt_id_map) & MAX_SEGMENT_ID)
 
 
@@ -399,32 +406,30 @@ class _Lanes(threading.local):
 _lanes = _Lanes()
 
 
-def _cpu_joint_histogram(
-    gt_id_map: Union[torch.Tensor, np.ndarray],
-    gt_ids: torch.Tensor,
-    pred_id_map: torch.Tensor,
-    pred_ids: torch.Tensor,
+def _png_counts(
+    png: FilteredPng, gt_ids: np.ndarray, columns: np.ndarray, width: int
 ) -> Optional[np.ndarray]:
-    """The values of :func:`joint_histogram` of the two id maps' segment indices, on the CPU,
-    without an index map per side: each GT pixel's row is looked up in one table of all 24-bit
-    ids (:func:`_gt_row_offsets`); predicted ids are counted as they are when they lie in
-    [0, max listed id] (models number their segments 1..K), through :func:`segment_index_map`
-    otherwise. None where the GT lookup does not apply.
-    """
+    """Counts of :func:`_cpu_joint_histogram`'s (GT row, column) pairs, rows as in
+    :func:`_gt_row_offsets`, straight from a GT PNG (see :func:`.png.joint_counts`): int64
+    (len(gt_ids) + 2, width); None when there are more than 2^16 - 2 GT segments."""
     rows = len(gt_ids) + 2
-    pred_flat = pred_id_map.reshape(-1).numpy()
-    num_pixels = len(pred_flat)
-    top = int(pred_ids.max()) if len(pred_ids) else VOID_ID
-    direct = rows * (top + 1) <= _DIRECT_BINS_PER_PIXEL * max(num_pixels, 1)
-    if direct and num_pixels:
-        direct = pred_flat.min() >= VOID_ID and pred_flat.max() <= top
-    width = top + 1 if direct else len(pred_ids) + 2  # column = predicted id, or index
-    offsets = _gt_row_offsets(gt_id_map, gt_ids.numpy(), width)
-    if offsets is None:
+    if rows > _SLOT_MASK + 1:
         return None
-    if not direct:
-        pred_flat = segment_index_map(torch.from_numpy(pred_flat), pred_ids).numpy()
-    key = np.add(offsets, pred_flat, dtype=np.int64 if pred_flat.dtype == np.int64 else np.int32)
+    table = _id_tables.table
+    known = np.concatenate([[VOID_ID], gt_ids])
+    table[known] = np.arange(1, rows, dtype=np.uint16)
+    try:
+        return joint_counts(png, table, rows, columns, width).reshape(rows, width)
+    finally:
+        table[known] = 0
+        _id_tables.release()
+
+
+def _bincount_rows(offsets: np.ndarray, columns: np.ndarray, rows: int, width: int) -> np.ndarray:
+    """Counts of each ``offsets + columns`` value (uint16 and int32/int64 (H * W,)): int64
+    (rows, width)."""
+    num_pixels = len(columns)
+    key = np.add(offsets, columns, dtype=np.int64 if columns.dtype == np.int64 else np.int32)
     if _LANES * rows * width <= num_pixels:
         # Neighbouring pixels mostly share their key, and bincount's increments of one counter
         # wait for each other; counting pixel i in lane i % _LANES of its bin breaks that chain.
@@ -434,7 +439,39 @@ def _cpu_joint_histogram(
         counts = counts.numpy().reshape(-1, _LANES).sum(1)
     else:
         counts = torch.bincount(torch.from_numpy(key), minlength=rows * width).numpy()
-    counts = counts.reshape(rows, width)
+    return counts.reshape(rows, width)
+
+
+def _cpu_joint_histogram(
+    gt_id_map: GroundTruth,
+    gt_ids: torch.Tensor,
+    pred_id_map: torch.Tensor,
+    pred_ids: torch.Tensor,
+) -> Optional[np.ndarray]:
+    """The values of :func:`joint_histogram` of the two id maps' segment indices, on the CPU,
+    without an index map per side: each GT pixel's row is looked up in one table of all 24-bit
+    ids, as the PNG is unfiltered (:func:`_png_counts`) or in an id map (:func:`_gt_row_offsets`);
+    predicted ids are counted as they are when they lie in [0, max listed id] (models number
+    their segments 1..K), through :func:`segment_index_map` otherwise. None where the GT lookup
+    does not apply.
+    """
+    rows = len(gt_ids) + 2
+    pred_flat = pred_id_map.reshape(-1).numpy()
+    num_pixels = len(pred_flat)
+    top = int(pred_ids.max()) if len(pred_ids) else VOID_ID
+    direct = rows * (top + 1) <= _DIRECT_BINS_PER_PIXEL * max(num_pixels, 1)
+    if direct and num_pixels:
+        direct = pred_flat.min() >= VOID_ID and pred_flat.max() <= top
+    width = top + 1 if direct else len(pred_ids) + 2  # column = predicted id, or index
+    if not direct:
+        pred_flat = segment_index_map(torch.from_numpy(pred_flat), pred_ids).numpy()
+    if isinstance(gt_id_map, FilteredPng):
+        counts = _png_counts(gt_id_map, gt_ids.numpy(), pred_flat, width)
+    else:
+        offsets = _gt_row_offsets(gt_id_map, gt_ids.numpy(), width)
+        counts = None if offsets is None else _bincount_rows(offsets, pred_flat, rows, width)
+    if counts is None:
+        return None
     counts = np.concatenate([counts[1:], counts[:1]])  # void, gt_ids, unlisted ids
     if not direct:
         return counts
@@ -455,7 +492,7 @@ def _absent_ids(areas: np.ndarray, segment_ids: torch.Tensor) -> list:
 
 def check_segment_ids(
     histogram: Union[torch.Tensor, np.ndarray],
-    gt_id_map: Union[torch.Tensor, np.ndarray],
+    gt_id_map: GroundTruth,
     gt_ids: torch.Tensor,
     pred_id_map: torch.Tensor,
     pred_ids: torch.Tensor,
@@ -469,7 +506,7 @@ def check_segment_ids(
     Args:
         histogram: the :func:`joint_histogram` of the two maps (a tensor on any device, or its
             values as a numpy array).
-        gt_id_map, pred_id_map: the id maps (H, W) (the GT's may be RGBA pixels, see
+        gt_id_map, pred_id_map: the id maps (H, W) (the GT's may be RGBA pixels or a PNG, see
             :func:`image_pq_statistics`).
         gt_ids, pred_ids: int64 (Kg,), (Kp,), the ids listed in ``segments_info``.
         describe: names the image in error messages.
@@ -560,7 +597,7 @@ def image_statistics(
 
 
 def image_pq_statistics(
-    gt_id_map: Union[torch.Tensor, np.ndarray],
+    gt_id_map: GroundTruth,
     gt: Segments,
     pred_id_map: torch.Tensor,
     pred: Segments,
@@ -570,14 +607,16 @@ def image_pq_statistics(
     """PQ statistics of one image, on the CPU.
 
     The pixels are counted on the prediction's device (on the CPU, through one lookup table of all
-    24-bit ids for the GT, see :func:`_cpu_joint_histogram`), into one joint histogram of
-    (GT segment, predicted segment) pixel counts; the rest, on the CPU, only reads that histogram.
+    24-bit ids for the GT, as a GT PNG is unfiltered row by row, see
+    :func:`_cpu_joint_histogram`), into one joint histogram of (GT segment, predicted segment)
+    pixel counts; the rest, on the CPU, only reads that histogram.
 
     Args:
         gt_id_map: the GT segment id per pixel (0 = void): an integer tensor (H, W), moved to
             ``pred_id_map``'s device; or the COCO-panoptic PNG's pixels as a uint8 RGBA numpy
             array (H, W, 4), C-contiguous, ``id = R + 256 G + 256² B`` (alpha ignored; fastest
-            with alpha 255, see :func:`rgba_ids`).
+            with alpha 255, see :func:`rgba_ids`); or that PNG, inflated but not unfiltered
+            (:class:`.png.FilteredPng`; fastest with predictions on the CPU).
         gt: the GT segments.
         pred_id_map: integer (H, W), predicted segment id per pixel (0 = void).
         pred: the predicted segments.
