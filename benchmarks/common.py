@@ -11,7 +11,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List
+from typing import Any, Callable, List
 
 import torch
 
@@ -86,11 +86,11 @@ def reset_peak_rss() -> int:
     return status_kib("VmRSS")
 
 
-def _send_result(connection, probe: Callable[..., float], args: tuple) -> None:
+def _send_result(connection, probe: Callable[..., Any], args: tuple) -> None:
     connection.send(probe(*args))
 
 
-def in_fresh_process(probe: Callable[..., float], *args) -> float:
+def in_fresh_process(probe: Callable[..., Any], *args) -> Any:
     """``probe(*args)`` in a fresh (spawned, non-daemonic) process whose glibc malloc uses
     ``PROBE_MMAP_THRESHOLD``; returns its result.
 

@@ -18,15 +18,14 @@ from tabulate import tabulate
 
 from ..data.panoptic_io import PanopticDataError
 from .export import PanopticExporter
-from .png import FilteredPng, decode_rgba, read_filtered_png
+from .png import FilteredPng, read_filtered_png
 from .pq import (
-    MAX_SEGMENT_ID,
     PanopticPredictionError,
     PQStatistics,
+    ground_truth_ids,
     image_pq_statistics,
     pq_per_category,
     pq_summary,
-    rgba_ids,
     segments_from_info,
 )
 
@@ -88,10 +87,7 @@ def read_panoptic_id_map(path: str) -> torch.Tensor:
         FileNotFoundError: no such file.
         PanopticDataError: the file cannot be decoded, or is not 8-bit RGB/RGBA.
     """
-    pixels = _read_ground_truth_png(path)
-    if isinstance(pixels, FilteredPng):
-        pixels = decode_rgba(pixels)
-    return torch.from_numpy(rgba_ids(pixels) & MAX_SEGMENT_ID)
+    return ground_truth_ids(_read_ground_truth_png(path))
 
 
 def _listed(values: Sequence) -> str:
@@ -198,7 +194,7 @@ class PanopticQualityEvaluator(DatasetEvaluator):
     def reset(self) -> None:
         """Forget every image processed so far (waiting for, and dropping, unfinished ones)."""
         self._stop_threads(keep_results=False)
-        self._statistics: Optional[PQStatistics] = None
+        self._statistics = PQStatistics.zeros(len(self._class_names))
         self._image_ids: set = set()
         self._exported: List[List[Dict[str, Any]]] = [[] for _ in self._exporters]
 
@@ -262,15 +258,7 @@ class PanopticQualityEvaluator(DatasetEvaluator):
     def _collect(self, future: Future) -> None:
         """Add a finished image's result (or raise its error)."""
         statistics, entries = future.result()
-        if self._statistics is None:
-            self._statistics = PQStatistics(
-                *(
-                    x.clone()
-                    for x in (statistics.tp, statistics.fp, statistics.fn, statistics.iou_sum)
-                )
-            )
-        else:
-            self._statistics.add_(statistics)
+        self._statistics.add_(statistics)
         for exported, entry in zip(self._exported, entries):
             exported.append(entry)
 
@@ -311,12 +299,7 @@ class PanopticQualityEvaluator(DatasetEvaluator):
         """(statistics, image ids, exported entries per format, errors) of all processes, on the
         main process; None elsewhere. ``error`` is this process's, if any: it travels with the
         statistics, so that a process that failed does not leave the others waiting."""
-        statistics = (
-            PQStatistics.zeros(len(self._class_names))
-            if self._statistics is None
-            else self._statistics.cpu()
-        )
-        local = (statistics, sorted(self._image_ids, key=repr), self._exported, error)
+        local = (self._statistics, sorted(self._image_ids, key=repr), self._exported, error)
         parts = [local]
         if self._distributed:
             comm.synchronize()

@@ -25,10 +25,11 @@ semantic "things" label). Here both kinds share one axis, the *category index*: 
 ``c``, stuff ``s`` is ``T + s - 1``; ``C = T + S``.
 """
 
+import contextlib
 import mmap
 import threading
 from dataclasses import dataclass
-from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Type, Union
+from typing import Dict, Iterator, Mapping, NamedTuple, Optional, Sequence, Type, Union
 
 import numpy as np
 import torch
@@ -42,6 +43,7 @@ __all__ = [
     "PanopticPredictionError",
     "Segments",
     "check_segment_ids",
+    "ground_truth_ids",
     "image_pq_statistics",
     "image_statistics",
     "joint_histogram",
@@ -329,9 +331,9 @@ def rgba_ids(rgba: np.ndarray) -> np.ndarray:
     return rgba.view("<i4")[..., 0]
 
 
-def _id_tensor(gt_id_map: GroundTruth) -> torch.Tensor:
-    """A GT id map given as RGBA pixels or a PNG (see :func:`image_pq_statistics`) as an int32
-    tensor."""
+def ground_truth_ids(gt_id_map: GroundTruth) -> torch.Tensor:
+    """A GT id map in any of its forms (see :func:`image_pq_statistics`) as an integer tensor
+    (H, W): the tensor itself, or int32 ids of RGBA pixels or of a PNG, on the CPU."""
     if isinstance(gt_id_map, torch.Tensor):
         return gt_id_map
     if isinstance(gt_id_map, FilteredPng):
@@ -343,7 +345,7 @@ class _IdTable(threading.local):
     """One uint16 per 24-bit segment id, zero except while an image is looked up; one per thread.
 
     The 32 MiB are an anonymous private memory map: a page that was never written reads as zero
-    without being backed, and :meth:`release` gives the written pages back after each image, so
+    without being backed, and :meth:`rows` gives the written pages back after each image, so
     the resident memory is a few pages (those of the image's ids), whatever the number of images.
     """
 
@@ -355,9 +357,19 @@ class _IdTable(threading.local):
             self.memory = mmap.mmap(-1, size)
         self.table = np.frombuffer(self.memory, dtype=np.uint16)
 
-    def release(self) -> None:
-        if hasattr(self.memory, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-            self.memory.madvise(mmap.MADV_DONTNEED)
+    @contextlib.contextmanager
+    def rows(self, gt_ids: np.ndarray, step: int) -> Iterator[np.ndarray]:
+        """The table with ``(k + 1) * step`` at void (k = 0) and at ``gt_ids[k - 1]``, zero
+        elsewhere (ids not listed), while the block runs; cleared and its pages given back
+        after."""
+        known = np.concatenate([[VOID_ID], gt_ids])
+        self.table[known] = np.arange(step, (len(known) + 1) * step, step, dtype=np.uint16)
+        try:
+            yield self.table
+        finally:
+            self.table[known] = 0
+            if hasattr(self.memory, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+                self.memory.madvise(mmap.MADV_DONTNEED)
 
 
 _id_tables = _IdTable()
@@ -378,18 +390,12 @@ def _gt_row_offsets(
         values = gt_id_map.reshape(-1).numpy()
     else:
         values = rgba_ids(gt_id_map).reshape(-1)
-    table = _id_tables.table
-    known = np.concatenate([[VOID_ID], gt_ids])
-    table[known] = np.arange(width, (len(known) + 1) * width, width, dtype=np.uint16)
-    try:
+    with _id_tables.rows(gt_ids, width) as table:
         try:
             # Indices in [-2^24, 0) count from the end: an RGBA pixel with A = 255 gives its id.
             return np.take(table, values)
         except IndexError:  # RGBA with another alpha
             return np.take(table, values & MAX_SEGMENT_ID)
-    finally:
-        table[known] = 0
-        _id_tables.release()
 
 
 class _Lanes(threading.local):
@@ -415,14 +421,8 @@ def _png_counts(
     rows = len(gt_ids) + 2
     if rows > _SLOT_MASK + 1:
         return None
-    table = _id_tables.table
-    known = np.concatenate([[VOID_ID], gt_ids])
-    table[known] = np.arange(1, rows, dtype=np.uint16)
-    try:
+    with _id_tables.rows(gt_ids, 1) as table:
         return joint_counts(png, table, rows, columns, width).reshape(rows, width)
-    finally:
-        table[known] = 0
-        _id_tables.release()
 
 
 def _bincount_rows(offsets: np.ndarray, columns: np.ndarray, rows: int, width: int) -> np.ndarray:
@@ -525,7 +525,7 @@ def check_segment_ids(
     ]
     if not any(flags):
         return
-    gt_id_map = _id_tensor(gt_id_map)
+    gt_id_map = ground_truth_ids(gt_id_map)
     for side, (unlisted, absent), id_map, ids, areas, error in (
         ("ground truth", flags[:2], gt_id_map, gt_ids, gt_areas, PanopticDataError),
         ("prediction", flags[2:], pred_id_map, pred_ids, pred_areas, PanopticPredictionError),
@@ -639,7 +639,7 @@ def image_pq_statistics(
     if on_cpu and pred_id_map.device.type == "cpu":
         histogram = _cpu_joint_histogram(gt_id_map, gt.ids, pred_id_map, pred.ids)
     if histogram is None:
-        gt_id_map = _id_tensor(gt_id_map).to(pred_id_map.device)
+        gt_id_map = ground_truth_ids(gt_id_map).to(pred_id_map.device)
         histogram = (
             joint_histogram(
                 segment_index_map(gt_id_map, gt.ids),
