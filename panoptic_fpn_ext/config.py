@@ -102,7 +102,9 @@ def _missing_base_error(path: str) -> Optional[FileNotFoundError]:
         bases = (yaml.safe_load(f) or {}).get(BASE_KEY, [])
     for base in [bases] if isinstance(bases, str) else bases:
         resolved = os.path.expanduser(base)
-        if not resolved.startswith(("/", "https://", "http://")):
+        if resolved.startswith(("https://", "http://")):
+            continue  # fetched by PathManager; its own error names the URL
+        if not resolved.startswith("/"):
             resolved = os.path.join(os.path.dirname(path), resolved)
         if not PathManager.isfile(resolved):
             return FileNotFoundError(

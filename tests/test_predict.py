@@ -256,3 +256,9 @@ def test_import_registers_a_user_dataset_and_empty_weights_warn(tmp_path):
     assert data["categories"] == USER_CATEGORIES
     segments = [s for a in data["annotations"] for s in a["segments_info"]]
     assert segments and {s["category_id"] for s in segments} <= {7, 9, 30}
+
+
+def test_list_images_predicts_a_file_named_twice_once(tmp_path):
+    _write_images(tmp_path, ["a.jpg", "b.jpg"])
+    listed = predict.list_images([str(tmp_path), str(tmp_path / "b.jpg")], None)
+    assert listed == [str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg")]

@@ -97,7 +97,12 @@ def list_images(inputs: List[str], limit: Optional[int]) -> List[str]:
             raise FileNotFoundError(f"--input {item}: no such file or folder{hint}")
     if not paths:
         raise FileNotFoundError(f"--input {inputs}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
-    unique = list({os.path.normpath(os.path.abspath(p)): p for p in reversed(paths)}.values())[::-1]
+    seen, unique = set(), []
+    for path in paths:  # a file named twice (as itself and in its folder) is predicted once
+        key = os.path.normpath(os.path.abspath(path))
+        if key not in seen:
+            seen.add(key)
+            unique.append(path)
     return unique[:limit] if limit else unique
 
 
