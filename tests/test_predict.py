@@ -251,7 +251,8 @@ def test_import_registers_a_user_dataset_and_empty_weights_warn(tmp_path):
     result = _run(tmp_path, *args, "--import", "my_datasets", opts=counts)
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout  # Detectron2's logger writes to stdout
-    assert "WARNING" in log and "MODEL.WEIGHTS is empty: predicting with RANDOMLY INITIALISED" in log
+    assert "WARNING" in log
+    assert "MODEL.WEIGHTS is empty: predicting with RANDOMLY INITIALISED" in log
     data = _check_consistent(tmp_path / "out")
     assert data["categories"] == USER_CATEGORIES
     segments = [s for a in data["annotations"] for s in a["segments_info"]]
