@@ -10,7 +10,13 @@
 """
 
 from . import data, evaluation, modeling  # noqa: F401  (importing registers the components)
-from .config import add_panoptic_fpn_ext_config, merge_config_file, validate_config
+from .config import (
+    add_panoptic_fpn_ext_config,
+    check_class_counts,
+    merge_config_file,
+    merge_config_list,
+    validate_config,
+)
 from .data import PanopticDatasetMapper, register_coco_panoptic_dataset
 from .evaluation import PanopticQualityEvaluator, build_panoptic_fpn_evaluators
 from .modeling import (

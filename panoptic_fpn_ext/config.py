@@ -14,12 +14,28 @@ CfgNode rejects unknown keys, so a misspelled key in these sections fails when t
 :func:`merge_config_file` adds the file's path to that error.
 """
 
-from detectron2.config import CfgNode as CN
+import difflib
+import os
+from typing import List, Optional, Sequence
 
-__all__ = ["add_panoptic_fpn_ext_config", "merge_config_file", "validate_config"]
+import yaml
+from detectron2.config import CfgNode as CN
+from detectron2.utils.file_io import PathManager
+from fvcore.common.config import BASE_KEY
+
+__all__ = [
+    "add_panoptic_fpn_ext_config",
+    "merge_config_file",
+    "check_class_counts",
+    "merge_config_list",
+    "validate_config",
+]
 
 EXPORT_FORMATS = ("coco", "cityscapes")
 SEMANTIC_TARGETS = ("stuff_and_other", "all_classes")
+# Meta-architectures whose class counts check_class_counts compares with a dataset's metadata.
+SEMANTIC_HEAD_ARCHITECTURES = ("PanopticFPNExt", "PanopticFPN", "SemanticSegmentor")
+ROI_HEADS_ARCHITECTURES = ("PanopticFPNExt", "PanopticFPN", "GeneralizedRCNN")
 
 
 def add_panoptic_fpn_ext_config(cfg: CN) -> None:
@@ -56,11 +72,86 @@ def add_panoptic_fpn_ext_config(cfg: CN) -> None:
 
 
 def merge_config_file(cfg: CN, path: str) -> None:
-    """``cfg.merge_from_file(path)``, with errors that name the file and the offending key."""
+    """``cfg.merge_from_file(path)``, with errors that name the file and the offending key.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist, or a ``_BASE_`` it (or one of its bases)
+            names does not; the message names the referencing file and the missing base.
+        ValueError: an unknown key or a value of the wrong type, naming the file and the key.
+    """
+    if not PathManager.isfile(path):
+        raise FileNotFoundError(f"Config file {path} does not exist")
     try:
         cfg.merge_from_file(path)
+    except FileNotFoundError as e:
+        error = _missing_base_error(path)
+        if error is None:
+            raise
+        raise error from e
     except (KeyError, ValueError, TypeError) as e:
         raise ValueError(f"Config file {path}: {e}") from e
+
+
+def _missing_base_error(path: str) -> Optional[FileNotFoundError]:
+    """The error for the first ``_BASE_`` in the chain from ``path`` that does not exist.
+
+    Bases are resolved as fvcore's ``CfgNode.load_yaml_with_base`` does: relative to the file
+    that names them, ``~`` expanded; a list of bases is followed in order.
+    """
+    with PathManager.open(path) as f:
+        bases = (yaml.safe_load(f) or {}).get(BASE_KEY, [])
+    for base in [bases] if isinstance(bases, str) else bases:
+        resolved = os.path.expanduser(base)
+        if resolved.startswith(("https://", "http://")):
+            continue  # fetched by PathManager; its own error names the URL
+        if not resolved.startswith("/"):
+            resolved = os.path.join(os.path.dirname(path), resolved)
+        if not PathManager.isfile(resolved):
+            return FileNotFoundError(
+                f"Config file {path}: its {BASE_KEY} {base!r} ({resolved}) does not exist"
+            )
+        error = _missing_base_error(resolved)
+        if error is not None:
+            return error
+    return None
+
+
+def merge_config_list(cfg: CN, opts: Sequence[str]) -> None:
+    """``cfg.merge_from_list(opts)`` (command-line ``KEY VALUE`` pairs), with the same errors as
+    :func:`merge_config_file`: a ``ValueError`` naming the key (and close matches of an unknown
+    one) where yacs raises a bare ``AssertionError: Non-existent key``.
+    """
+    if len(opts) % 2:
+        raise ValueError(
+            f"Command-line config overrides must be KEY VALUE pairs; got an odd number of "
+            f"items: {list(opts)}"
+        )
+    for key, value in zip(opts[0::2], opts[1::2]):
+        known = cfg.key_is_deprecated(key) or cfg.key_is_renamed(key) or _has_key(cfg, key)
+        if not known:
+            close = difflib.get_close_matches(key, _all_keys(cfg), n=3)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise ValueError(f"Command-line override: config key {key} does not exist{hint}")
+        try:
+            cfg.merge_from_list([key, value])
+        except (AssertionError, KeyError, ValueError, TypeError) as e:
+            raise ValueError(f"Command-line override {key} {value!r}: {e}") from e
+
+
+def _has_key(cfg: CN, key: str) -> bool:
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, CN) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _all_keys(node: CN, prefix: str = "") -> List[str]:
+    keys = []
+    for name, value in node.items():
+        keys += _all_keys(value, f"{prefix}{name}.") if isinstance(value, CN) else [prefix + name]
+    return keys
 
 
 def _check_range(cfg: CN, key: str, low: float, high: float) -> None:
@@ -92,8 +183,10 @@ def _check_datasets(cfg: CN, key: str) -> None:
 def validate_config(cfg: CN) -> None:
     """Check value ranges and cross-key consistency before anything is built or loaded.
 
-    Unknown keys and wrong types are already rejected by ``merge_from_file``/``merge_from_list``;
-    this catches values of the right type that cannot work. Every error names its config key.
+    Unknown keys and wrong types are already rejected by :func:`merge_config_file` and
+    :func:`merge_config_list`; this catches values of the right type that cannot work, including
+    class counts that disagree with the datasets' metadata (:func:`check_class_counts`). Every
+    error names its config key.
     """
     _check_range(cfg, "MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH", 0.0, 1.0)
     _check_range(cfg, "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", 0.0, 1.0)
@@ -127,6 +220,52 @@ def validate_config(cfg: CN) -> None:
     _check_device(cfg)
     _check_datasets(cfg, "DATASETS.TRAIN")
     _check_datasets(cfg, "DATASETS.TEST")
+    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+        check_class_counts(cfg, name)
+
+
+def check_class_counts(cfg: CN, dataset_name: str) -> None:
+    """The model's class counts must match the classes of a registered dataset's metadata.
+
+    * ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` (models with a semantic head): ``len(stuff_classes)``
+      for Panoptic FPN's target (the stuff classes + "things", which ``stuff_classes`` already
+      lists first), or stuff + thing classes for ``PANOPTIC_FPN_EXT.SEMANTIC_TARGET``
+      "all_classes";
+    * ``MODEL.ROI_HEADS.NUM_CLASSES`` (models with RoI heads): ``len(thing_classes)``.
+
+    A dataset whose metadata has no ``stuff_classes``/``thing_classes`` is not checked.
+
+    Raises:
+        ValueError: a count differs; names the key, the dataset and the expected value.
+    """
+    from detectron2.data import MetadataCatalog  # registered datasets, known only at call time
+
+    metadata = MetadataCatalog.get(dataset_name)
+    stuff = getattr(metadata, "stuff_classes", None)
+    things = getattr(metadata, "thing_classes", None)
+    architecture = cfg.MODEL.META_ARCHITECTURE
+    if architecture in SEMANTIC_HEAD_ARCHITECTURES and stuff is not None:
+        target = cfg.PANOPTIC_FPN_EXT.SEMANTIC_TARGET
+        if target == "all_classes":
+            expected = len(stuff) - 1 + len(things or ())
+            reason = f"{len(stuff) - 1} stuff + {len(things or ())} thing classes"
+        else:
+            expected = len(stuff)
+            reason = f"{len(stuff) - 1} stuff classes + 1 'things'"
+        reason += f" with PANOPTIC_FPN_EXT.SEMANTIC_TARGET {target!r}"
+        _check_count(cfg, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", expected, dataset_name, reason)
+    if architecture in ROI_HEADS_ARCHITECTURES and things is not None:
+        reason = f"its {len(things)} thing classes"
+        _check_count(cfg, "MODEL.ROI_HEADS.NUM_CLASSES", len(things), dataset_name, reason)
+
+
+def _check_count(cfg: CN, key: str, expected: int, dataset_name: str, reason: str) -> None:
+    value = _lookup(cfg, key)
+    if value != expected:
+        raise ValueError(
+            f"Config key {key} = {value}, but dataset '{dataset_name}' needs {expected} "
+            f"({reason})"
+        )
 
 
 def _check_device(cfg: CN) -> None:

@@ -14,10 +14,12 @@ OUT=${OUTPUT_DIR:-output/quick_start}
 DEVICE=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 echo "main job: device $DEVICE, output in $OUT"
 
-"$PY" train_net.py --config-file "$CFG" --eval-only \
+# --eval-only writes to OUTPUT_DIR/eval_<weights stem>/: here $OUT/untrained/eval_random_weights/.
+"$PY" train_net.py --config-file "$CFG" --eval-only --allow-random-weights \
     MODEL.DEVICE "$DEVICE" OUTPUT_DIR "$OUT/untrained" "$@"
 "$PY" train_net.py --config-file "$CFG" MODEL.DEVICE "$DEVICE" OUTPUT_DIR "$OUT" "$@"
-"$PY" -m panoptic_fpn_ext.tools.predict --config-file "$CFG" --limit 6 \
+"$PY" -m panoptic_fpn_ext.tools.predict --config-file "$CFG" --limit 6 --overwrite \
     --input "${DETECTRON2_DATASETS:-datasets}/panoptic_fpn_ext_shapes/val" \
-    --output "$OUT/predictions" MODEL.DEVICE "$DEVICE" MODEL.WEIGHTS "$OUT/model_final.pth"
-"$PY" -m panoptic_fpn_ext.tools.summary "$OUT/untrained/eval_results.json" "$OUT/eval_results.json"
+    --output "$OUT/predictions" --opts MODEL.DEVICE "$DEVICE" MODEL.WEIGHTS "$OUT/model_final.pth"
+"$PY" -m panoptic_fpn_ext.tools.summary "$OUT/untrained/eval_random_weights/eval_results.json" \
+    "$OUT/eval_results.json"

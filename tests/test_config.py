@@ -1,12 +1,19 @@
 """Config keys: defaults, idempotence, and start-up errors naming the file or key at fault."""
 
+import glob
+import os
 import re
 
 import pytest
 import torch
 from detectron2.config import get_cfg
 
-from panoptic_fpn_ext import add_panoptic_fpn_ext_config, merge_config_file, validate_config
+from panoptic_fpn_ext import (
+    add_panoptic_fpn_ext_config,
+    merge_config_file,
+    merge_config_list,
+    validate_config,
+)
 
 
 def _cfg():
@@ -136,3 +143,101 @@ def test_train_net_rejects_wrong_type_on_command_line():
     argv += ["SOLVER.MAX_ITER", "many"]
     with pytest.raises(ValueError, match="MAX_ITER"):
         train_net.setup(default_argument_parser().parse_args(argv))
+
+
+# --- class counts against the datasets' metadata -----------------------------------------------
+
+QUICK_START = "configs/quick_start/panoptic_fpn_ext_R_18_shapes.yaml"
+SEMANTIC_FPN = "configs/Cityscapes-SemanticSegmentation/semantic_fpn_R_50.yaml"
+
+
+def _from_file(path, *opts):
+    cfg = _cfg()
+    merge_config_file(cfg, path)
+    merge_config_list(cfg, ["MODEL.DEVICE", "cpu", *opts])
+    validate_config(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        (
+            ("MODEL.SEM_SEG_HEAD.NUM_CLASSES", "2"),
+            "MODEL.SEM_SEG_HEAD.NUM_CLASSES = 2, but dataset 'panoptic_fpn_ext_shapes_train' "
+            "needs 4 (3 stuff classes + 1 'things'",
+        ),
+        (
+            ("MODEL.ROI_HEADS.NUM_CLASSES", "80"),
+            "MODEL.ROI_HEADS.NUM_CLASSES = 80, but dataset 'panoptic_fpn_ext_shapes_train' "
+            "needs 3 (its 3 thing classes)",
+        ),
+        (  # a test set of other classes is checked too
+            ("DATASETS.TEST", "('panoptic_fpn_ext_coco_2017_val',)"),
+            "needs 54 (53 stuff classes",
+        ),
+    ],
+)
+def test_class_counts_must_match_the_datasets(opts, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _from_file(QUICK_START, *opts)
+
+
+def test_all_classes_target_counts_stuff_and_things():
+    _from_file(SEMANTIC_FPN)  # 11 stuff + 8 things = 19
+    message = "NUM_CLASSES = 12, but dataset 'panoptic_fpn_ext_cityscapes_fine_panoptic_train' "
+    message += "needs 19 (11 stuff + 8 thing classes with PANOPTIC_FPN_EXT.SEMANTIC_TARGET"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _from_file(SEMANTIC_FPN, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "12")
+
+
+def test_every_shipped_config_matches_its_datasets():
+    for path in glob.glob("configs/**/*.yaml", recursive=True):
+        if not os.path.basename(path).startswith("Base-"):
+            _from_file(path)
+
+
+# --- command-line overrides, missing files -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        (
+            ["MODEL.SEM_SEG_HEAD.NUM_CLASES", "3"],
+            "config key MODEL.SEM_SEG_HEAD.NUM_CLASES does not exist; did you mean "
+            "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
+        ),
+        (["NOPE.KEY", "1"], "config key NOPE.KEY does not exist"),
+        (["SOLVER.MAX_ITER"], "KEY VALUE pairs; got an odd number"),
+        (["SOLVER.MAX_ITER", "many"], "Command-line override SOLVER.MAX_ITER 'many'"),
+    ],
+)
+def test_command_line_errors_are_value_errors_naming_the_key(opts, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        merge_config_list(_cfg(), opts)
+
+
+def test_train_net_command_line_typo_is_a_value_error(tmp_path):
+    import train_net
+
+    out = tmp_path / "out"
+    argv = ["--config-file", QUICK_START, "SOLVER.MAX_ITR", "10", "OUTPUT_DIR", str(out)]
+    with pytest.raises(ValueError, match="SOLVER.MAX_ITR does not exist"):
+        train_net.setup(train_net.argument_parser().parse_args(argv))
+    assert not out.exists()
+
+
+def test_missing_base_names_both_files(tmp_path):
+    (tmp_path / "middle.yaml").write_text('_BASE_: "sub/missing_base.yaml"\n')
+    (tmp_path / "top.yaml").write_text('_BASE_: "middle.yaml"\nSEED: 1\n')
+    with pytest.raises(FileNotFoundError) as err:
+        merge_config_file(_cfg(), str(tmp_path / "top.yaml"))
+    message = str(err.value)
+    assert str(tmp_path / "middle.yaml") in message  # the file whose _BASE_ is missing
+    assert str(tmp_path / "sub" / "missing_base.yaml") in message
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Config file .*nope.yaml does not exist"):
+        merge_config_file(_cfg(), str(tmp_path / "nope.yaml"))

@@ -4,3 +4,4 @@ from ..file_io import atomic_write
 from .checkpoint import AtomicDetectionCheckpointer
 from .sampler import ResumableTrainingSampler
 from .trainer import PanopticFPNExtTrainer
+from .weights import WeightsNotFoundError, resolve_weights

@@ -23,7 +23,7 @@ output directory must be on a shared file system.
 
 import json
 import os
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -146,8 +146,16 @@ class PanopticExporter:
             ],
         }
 
-    def finish(self, annotations: Sequence[Mapping[str, Any]]) -> None:
+    def finish(
+        self,
+        annotations: Sequence[Mapping[str, Any]],
+        images: Optional[Sequence[Mapping[str, Any]]] = None,
+    ) -> None:
         """Write the JSON file with the entries of every image (main process only).
+
+        Args:
+            annotations: the entries :meth:`write` returned.
+            images: COCO "images" entries ({"id", "file_name", "height", "width"}) to include.
 
         Raises:
             PanopticDataError: two images got the same PNG name (images of one name in several
@@ -163,4 +171,6 @@ class PanopticExporter:
                     f"{self.paths['png_dir']}; image file names must be unique"
                 )
         data = {"annotations": list(annotations), "categories": self._categories}
+        if images is not None:
+            data = {"images": list(images), **data}
         write_json(self.paths["json"], data)

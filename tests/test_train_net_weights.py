@@ -1,0 +1,126 @@
+"""train_net.py: weights resolved before anything is written; --eval-only never replaces a
+training run's files and refuses random weights unless asked for them."""
+
+import json
+import os
+
+import pytest
+import torch
+import yaml
+
+import train_net
+from panoptic_fpn_ext.data import generate_shapes_dataset, register_coco_panoptic_dataset
+from panoptic_fpn_ext.engine import WeightsNotFoundError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "quick_start", "panoptic_fpn_ext_R_18_shapes.yaml")
+TINY = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "32", "INPUT.MAX_SIZE_TEST", "48"]
+TRAINING_RESULTS = {"panoptic_seg": {"PQ": 20.0}}
+
+
+def _args(out_dir, *flags, opts=()):
+    argv = ["--config-file", CONFIG, *flags, *TINY, "OUTPUT_DIR", str(out_dir), *opts]
+    return train_net.argument_parser().parse_args(argv)
+
+
+@pytest.fixture
+def training_run(tmp_path):
+    """An OUTPUT_DIR as a finished training run leaves it: config.yaml, eval_results.json, a
+    checkpoint and last_checkpoint."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("MODEL:\n  WEIGHTS: ''\n# the training run's config\n")
+    (out / "eval_results.json").write_text(json.dumps(TRAINING_RESULTS))
+    (out / "last_checkpoint").write_text("model_final.pth")
+    torch.save({"model": {}}, out / "model_final.pth")
+    return out
+
+
+def _snapshot(folder):
+    """Every file under ``folder``: relative path -> (content, mtime in ns)."""
+    files = {}
+    for directory, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(directory, name)
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, folder)] = (f.read(), os.stat(path).st_mtime_ns)
+    return files
+
+
+def test_eval_only_without_weights_refuses_and_writes_nothing(training_run):
+    before = _snapshot(training_run)
+    with pytest.raises(ValueError, match=r"--eval-only with config key MODEL.WEIGHTS empty"):
+        train_net.main(_args(training_run, "--eval-only"))
+    assert _snapshot(training_run) == before
+
+
+@pytest.mark.parametrize("eval_only", [True, False])
+def test_missing_weights_file_names_key_and_path_before_writing(tmp_path, eval_only):
+    out = tmp_path / "out"
+    missing = str(tmp_path / "no_such_model.pth")
+    flags = ["--eval-only"] if eval_only else []
+    with pytest.raises(WeightsNotFoundError) as err:
+        train_net.main(_args(out, *flags, opts=["MODEL.WEIGHTS", missing]))
+    assert "MODEL.WEIGHTS" in str(err.value) and missing in str(err.value)
+    assert not out.exists()
+
+
+def test_unreachable_weights_url_names_key_and_url(training_run, tmp_path, monkeypatch):
+    """Offline: every HTTPS request goes through a proxy that refuses connections."""
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "cache"))  # nothing cached from before
+    url = "detectron2://ImageNetPretrained/MSRA/R-18-does-not-exist.pkl"
+    before = _snapshot(training_run)
+    with pytest.raises(WeightsNotFoundError) as err:
+        train_net.main(_args(training_run, "--eval-only", opts=["MODEL.WEIGHTS", url]))
+    message = str(err.value)
+    assert "MODEL.WEIGHTS" in message and url in message and "could not be downloaded" in message
+    assert _snapshot(training_run) == before
+
+
+def test_eval_output_dir_is_per_weights_and_keeps_other_evaluations(tmp_path):
+    out = str(tmp_path)
+    folder = train_net.eval_output_dir(out, "a/model_final.pth")
+    assert folder == os.path.join(out, "eval_model_final")
+    assert train_net.eval_output_dir(out, "") == os.path.join(out, "eval_random_weights")
+    os.makedirs(folder)
+    with open(os.path.join(folder, "config.yaml"), "w") as f:
+        yaml.safe_dump({"MODEL": {"WEIGHTS": "a/model_final.pth"}}, f)
+    assert train_net.eval_output_dir(out, "a/model_final.pth") == folder  # the same weights again
+    with pytest.raises(ValueError, match=r"holds the evaluation of MODEL.WEIGHTS 'a/model_final"):
+        train_net.eval_output_dir(out, "b/model_final.pth")
+
+
+def test_resume_eval_only_picks_last_checkpoint(training_run):
+    args = _args(training_run, "--eval-only", "--resume")
+    cfg = train_net.build_config(args)
+    assert train_net.weights_to_load(cfg, args) == str(training_run / "model_final.pth")
+
+
+@pytest.fixture
+def tiny_val(tmp_path):
+    """A registered 2-image shapes set (the quick-start classes), for a real evaluation."""
+    paths = generate_shapes_dataset(str(tmp_path / "shapes"), "val", 2, (40, 48), seed=3)
+    name = "test_train_net_weights_tiny_val"
+    register_coco_panoptic_dataset(
+        name, paths["image_root"], paths["panoptic_root"], paths["panoptic_json"]
+    )
+    return name
+
+
+def test_eval_only_with_random_weights_writes_beside_the_training_run(training_run, tiny_val):
+    before = _snapshot(training_run)
+    opts = ["DATASETS.TEST", f"('{tiny_val}',)", "DATALOADER.NUM_WORKERS", "0"]
+    args = _args(training_run, "--eval-only", "--allow-random-weights", opts=opts)
+    results = train_net.main(args)
+    after = _snapshot(training_run)
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing replaced
+    new = sorted(k for k in after if k not in before)
+    assert new and all(k.startswith("eval_random_weights" + os.sep) for k in new), new
+    folder = training_run / "eval_random_weights"
+    assert json.loads((folder / "eval_results.json").read_text()) == json.loads(json.dumps(results))
+    assert "PQ" in results["panoptic_seg"]
+    assert yaml.safe_load((folder / "config.yaml").read_text())["MODEL"]["WEIGHTS"] == ""
