@@ -20,7 +20,7 @@ from panoptic_fpn_ext.modeling import (
     combine_panoptic,
     paste_regions,
 )
-from panoptic_fpn_ext.modeling import post_processing
+from panoptic_fpn_ext.modeling import fixed_point, placement, post_processing
 from panoptic_fpn_ext.registration import register_once
 
 THRESHOLD_SETS = [(0.5, 20, 0.3), (0.0, 0, 0.0), (1.0, 100, 0.6), (0.3, 1, 0.9)]
@@ -68,10 +68,12 @@ def random_case(
     return instances, semantic, boxes
 
 
-def assert_matches_detectron2(instances, semantic, thresholds, mask_boxes=None):
+def assert_matches_detectron2(instances, semantic, thresholds, mask_boxes=None, method="auto"):
     """combine_panoptic's output equals Detectron2's; returns Detectron2's segments_info."""
     ref_map, ref_info = combine_semantic_and_instance_outputs(instances, semantic, *thresholds)
-    out_map, out_info = combine_panoptic(instances, semantic, *thresholds, mask_boxes=mask_boxes)
+    out_map, out_info = combine_panoptic(
+        instances, semantic, *thresholds, mask_boxes=mask_boxes, method=method
+    )
     assert out_map.dtype == ref_map.dtype == torch.int32
     assert out_map.shape == ref_map.shape
     assert torch.equal(out_map, ref_map)
@@ -79,22 +81,15 @@ def assert_matches_detectron2(instances, semantic, thresholds, mask_boxes=None):
     return ref_info
 
 
-@pytest.fixture(params=["host", "device"])
-def placement(request, monkeypatch):
-    """Run the test with the CPU (numpy) placement loop and with the synchronisation-free one."""
-    if request.param == "device":
-        monkeypatch.setattr(post_processing, "_place_on_host", post_processing._place_on_device)
-    return request.param
-
-
 @pytest.mark.parametrize("seed", range(12))
 @pytest.mark.parametrize("tie_scores", [False, True])
-def test_matches_detectron2_on_random_inputs(seed, tie_scores, placement):
+@pytest.mark.parametrize("method", ["sequential", "parallel"])
+def test_matches_detectron2_on_random_inputs(seed, tie_scores, method):
     n = [0, 1, 3, 8, 20, 40][seed % 6]
     instances, semantic, boxes = random_case(seed, n, tie_scores=tie_scores)
     for thresholds in THRESHOLD_SETS:
-        assert_matches_detectron2(instances, semantic, thresholds)
-        assert_matches_detectron2(instances, semantic, thresholds, mask_boxes=boxes)
+        assert_matches_detectron2(instances, semantic, thresholds, method=method)
+        assert_matches_detectron2(instances, semantic, thresholds, boxes, method)
 
 
 def test_equal_scores_come_out_in_detectron2_order():
@@ -180,7 +175,7 @@ def test_float_mask_boxes_are_refused():
 def test_locate_masks_gives_tight_boxes():
     instances, _, _ = random_case(11, 30, h=41, w=67)
     masks = instances.pred_masks
-    located = post_processing.locate_masks(masks, list(range(len(masks))))
+    located = placement.locate_masks(masks, list(range(len(masks))))
     for mask, (x0, y0, x1, y1) in zip(masks, located):
         if not mask.any():
             assert (x0, y0, x1, y1) == (0, 0, 0, 0)
