@@ -66,6 +66,10 @@ def paste_regions(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return torch.cat([low, high], dim=1).long()
 
 
+def _is_integer(tensor: torch.Tensor) -> bool:
+    return not (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool)
+
+
 def _segments_info(instance_results: Instances, placement: Placement) -> List[SegmentInfo]:
     """Detectron2's ``segments_info``: kept things in rank order, then stuff by label."""
     kept = [index for index, k in zip(placement.order, placement.keep) if k]
@@ -130,7 +134,7 @@ def combine_panoptic(
     """
     if method not in METHODS:
         raise ValueError(f"combine_panoptic(method={method!r}): expected one of {METHODS}")
-    if mask_boxes is not None and (mask_boxes.is_floating_point() or mask_boxes.dtype == torch.bool):
+    if mask_boxes is not None and not _is_integer(mask_boxes):
         raise ValueError(
             f"combine_panoptic(mask_boxes=...) must be an integer tensor of pixel rectangles, "
             f"got dtype {mask_boxes.dtype}; see paste_regions()"
