@@ -67,53 +67,27 @@ def _first_and_end(flags: torch.Tensor) -> Tuple[List[int], List[int]]:
 def locate_masks(masks: torch.Tensor, indices: List[int]) -> List[Box]:
     """The tight bounding rectangle of each mask ``masks[i]``, ``i`` in ``indices``.
 
-    Each mask is read once in full, as machine words (one reduction per mask over its rows: a
-    word is nonzero where a pixel in it is set); then its occupied rows once more to find the
-    occupied words, and the two edge words' columns to find the exact first and last column.
-    Three host transfers in all.
+    Each mask is read once in full, as machine words (a word is nonzero where a pixel in it is
+    set), to find its occupied rows; then its occupied rows once more, OR-ing their words into
+    one row whose bytes say which columns are occupied. Two host transfers in all.
 
     Args:
-        masks: bool (N, H, W).
+        masks: CPU bool (N, H, W).
         indices: which masks to locate.
     Returns:
         one (x0, y0, x1, y1) half-open rectangle per index; (0, 0, 0, 0) for an empty mask.
     """
     if not indices:
         return []
-    masks = masks.contiguous()
-    words = _word_view(masks)
-    per_word = masks.shape[2] // words.shape[2]
+    words = _word_view(masks.contiguous())
     rows = torch.stack([words[i].amax(dim=1) for i in indices]) > 0
     y0, y1 = _first_and_end(rows)
-    empty_row = words.new_zeros(words.shape[2])
-    occupied = torch.stack(
-        [
-            words[i, top:bottom].amax(dim=0) if bottom > top else empty_row
-            for i, top, bottom in zip(indices, y0, y1)
-        ]
-    )
-    w0, w1 = _first_and_end(occupied > 0)
-    pixels = masks.view(torch.uint8)
-    empty_word = pixels.new_zeros(2 * per_word)
-    edges = torch.stack(
-        [
-            torch.cat(
-                [
-                    pixels[i, top:bottom, per_word * first : per_word * (first + 1)].amax(dim=0),
-                    pixels[i, top:bottom, per_word * (end - 1) : per_word * end].amax(dim=0),
-                ]
-            )
-            if bottom > top
-            else empty_word
-            for i, top, bottom, first, end in zip(indices, y0, y1, w0, w1)
-        ]
-    )
-    left, _ = _first_and_end(edges[:, :per_word] > 0)
-    _, right = _first_and_end(edges[:, per_word:] > 0)
-    return [
-        (per_word * first + a, top, per_word * (end - 1) + b, bottom) if bottom > top else (0,) * 4
-        for first, end, a, b, top, bottom in zip(w0, w1, left, right, y0, y1)
-    ]
+    words_np = words.numpy()
+    columns = np.zeros((len(indices), words.shape[2]), dtype=words_np.dtype)
+    for k, (i, top, bottom) in enumerate(zip(indices, y0, y1)):
+        np.bitwise_or.reduce(words_np[i, top:bottom], axis=0, out=columns[k])
+    x0, x1 = _first_and_end(torch.from_numpy(columns.view(np.uint8) > 0))
+    return list(zip(x0, y0, x1, y1))
 
 
 def candidate_order(scores: torch.Tensor, score_threshold: float) -> List[int]:
