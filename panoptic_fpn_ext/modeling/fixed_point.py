@@ -13,13 +13,14 @@ Detectron2's decisions. Stuff areas, the area limit and segment numbering are th
 cumulative sums, and the panoptic map is two table look-ups.
 """
 
-from typing import Tuple
+from typing import NamedTuple, Tuple
 
 import torch
+from torch.nn import functional as F
 
 from .placement import Placement
 
-__all__ = ["accept_instances", "combine_parallel", "mask_pixels"]
+__all__ = ["MaskPixels", "accept_instances", "combine_parallel", "mask_pixels"]
 
 
 def _considered_by_rank(scores: torch.Tensor, score_threshold: float) -> Tuple[torch.Tensor, ...]:
@@ -41,26 +42,41 @@ def _considered_by_rank(scores: torch.Tensor, score_threshold: float) -> Tuple[t
     return order, rank, considered
 
 
-def mask_pixels(masks: torch.Tensor, rank: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Every set pixel of every mask, as a (rank, pixel) pair (one host synchronisation).
+class MaskPixels(NamedTuple):
+    """Every set pixel of every mask, grouped by instance (P = total mask area).
+
+    ranks: int64 (P,), the rank of the instance the pixel belongs to.
+    pixels: int64 (P,), the pixel's index ``y * W + x``.
+    bounds: int64 (N + 1,), instance ``n``'s pixels are entries ``bounds[n]:bounds[n + 1]``.
+    order: int64 (N,), instance indices by rank.
+    """
+
+    ranks: torch.Tensor
+    pixels: torch.Tensor
+    bounds: torch.Tensor
+    order: torch.Tensor
+
+    def sums_by_rank(self, values: torch.Tensor) -> torch.Tensor:
+        """int64 (N,) by rank: the sum of int64 ``values`` (P,) over each instance's pixels.
+        Differences of a cumulative sum, so no two threads add into the same counter."""
+        totals = F.pad(values.cumsum(dim=0), (1, 0))
+        return (totals[self.bounds[1:]] - totals[self.bounds[:-1]])[self.order]
+
+
+def mask_pixels(masks: torch.Tensor, order: torch.Tensor, rank: torch.Tensor) -> MaskPixels:
+    """The (rank, pixel) pairs of ``masks`` (one host synchronisation, for their number).
 
     Args:
         masks: bool (N, H, W).
-        rank: int64 (N,), each instance's rank.
-    Returns:
-        ranks: int64 (P,), the rank of the instance the pixel belongs to, P = total mask area.
-        pixels: int64 (P,), the pixel's index ``y * W + x``.
+        order, rank: int64 (N,) from :func:`_considered_by_rank`.
     """
-    instance, pixel = masks.flatten(1).nonzero().unbind(dim=1)
-    return rank[instance], pixel
+    instance, pixel = masks.flatten(1).nonzero().unbind(dim=1)  # sorted by instance
+    starts = torch.arange(len(order) + 1, device=masks.device)
+    return MaskPixels(rank[instance], pixel, torch.searchsorted(instance, starts), order)
 
 
 def accept_instances(
-    ranks: torch.Tensor,
-    pixels: torch.Tensor,
-    considered: torch.Tensor,
-    num_pixels: int,
-    overlap_threshold: float,
+    pairs: MaskPixels, considered: torch.Tensor, num_pixels: int, overlap_threshold: float
 ) -> Tuple[torch.Tensor, torch.Tensor, int]:
     """Detectron2's accepted instances, and each pixel's owner, by a parallel fixed point.
 
@@ -74,14 +90,15 @@ def accept_instances(
     (by induction on ``i``: ``A_i = D_i(A*_0..A*_{i-1}) = A*_i``). If a guess agrees with ``A*``
     on ranks ``< m``, the next agrees on ranks ``<= m`` (``D_m`` reads only ranks ``< m``). So the
     t-th guess agrees on ranks ``< t``: at most N + 1 rounds reach a round whose output equals its
-    input, and that set is ``A*``. In practice a round corrects every instance whose earlier
-    overlapping instances are settled, and a few rounds suffice.
+    input, and that set is ``A*``. In practice a round settles every instance whose earlier
+    overlapping instances are settled, and a few rounds suffice (a chain in which each instance
+    decides the next is the slow case: one round per instance).
 
     Each round is a fixed number of operators on the P pairs and the H * W pixels, plus one host
     synchronisation (the convergence test).
 
     Args:
-        ranks, pixels: int64 (P,) from :func:`mask_pixels`.
+        pairs: from :func:`mask_pixels`.
         considered: bool (N,) by rank: the instances that may be accepted.
         num_pixels: H * W.
         overlap_threshold: the largest taken share (0..1) of a mask that still accepts it.
@@ -91,14 +108,12 @@ def accept_instances(
         rounds: the number of rounds run (>= 1).
     """
     num = len(considered)
-    area = torch.zeros(num, dtype=torch.int64, device=ranks.device).index_add_(
-        0, ranks, torch.ones_like(ranks)
-    )
+    area = pairs.sums_by_rank(torch.ones_like(pairs.ranks))
     allowed = considered & (area > 0)
     accepted = allowed
-    free = torch.full((num_pixels,), num, dtype=torch.int64, device=ranks.device)
+    free = torch.full((num_pixels,), num, dtype=torch.int64, device=considered.device)
     for rounds in range(1, num + 2):
-        owner, decided = _round(ranks, pixels, accepted, allowed, area, free, overlap_threshold)
+        owner, decided = _round(pairs, accepted, allowed, area, free, overlap_threshold)
         if torch.equal(decided, accepted):
             break
         accepted = decided
@@ -106,8 +121,7 @@ def accept_instances(
 
 
 def _round(
-    ranks: torch.Tensor,
-    pixels: torch.Tensor,
+    pairs: MaskPixels,
     accepted: torch.Tensor,
     allowed: torch.Tensor,
     area: torch.Tensor,
@@ -117,9 +131,9 @@ def _round(
     """One round of :func:`accept_instances`: the owners under ``accepted`` and the decisions
     they imply. ``allowed``: bool (N,) considered and non-empty; ``area``: int64 (N,) mask areas;
     ``free``: int64 (H * W,) filled with N. Returns (int64 (H * W,) owners, bool (N,))."""
-    claims = torch.where(accepted[ranks], ranks, len(accepted))
-    owner = free.scatter_reduce(0, pixels, claims, reduce="amin")
-    taken = torch.zeros_like(area).index_add_(0, ranks, (owner[pixels] < ranks).long())
+    claims = torch.where(accepted[pairs.ranks], pairs.ranks, len(accepted))
+    owner = free.scatter_reduce(0, pairs.pixels, claims, reduce="amin")
+    taken = pairs.sums_by_rank((owner[pairs.pixels] < pairs.ranks).long())
     # Detectron2's test in float64, like its Python arithmetic
     return owner, allowed & ~(taken.double() / area.double() > overlap_threshold)
 
@@ -140,7 +154,7 @@ def _stuff_segments(
     """
     free = owner == num
     counts = torch.bincount(semantic * 2 + free, minlength=2)
-    counts = torch.nn.functional.pad(counts, (0, counts.numel() % 2)).view(-1, 2)
+    counts = F.pad(counts, (0, counts.numel() % 2)).view(-1, 2)
     free_area = counts[:, 1]
     is_stuff = (counts.sum(dim=1) > 0) & ~(free_area.double() < stuff_area_limit)
     is_stuff[0] = False
@@ -171,11 +185,9 @@ def combine_parallel(
     device = semantic.device
     order, rank, considered = _considered_by_rank(scores, instances_score_threshold)
     order, rank, considered = order.to(device), rank.to(device), considered.to(device)
-    num = len(order)
-    ranks, pixels = mask_pixels(masks, rank)
-    accepted, owner, rounds = accept_instances(
-        ranks, pixels, considered, semantic.numel(), overlap_threshold
-    )
+    num, num_pixels = len(order), semantic.numel()
+    pairs = mask_pixels(masks, order, rank)
+    accepted, owner, rounds = accept_instances(pairs, considered, num_pixels, overlap_threshold)
     labels = semantic.flatten().long()
     free, is_stuff, free_area = _stuff_segments(owner, labels, num, stuff_area_limit)
     thing_ids = torch.cumsum(accepted, dim=0) * accepted
