@@ -167,7 +167,7 @@ def main() -> None:
         )
     per_round = operators_per_round()
     counts = "; ".join(
-        f"{n} instances: {count} ({rounds} rounds)" for n, count, rounds in operators
+        f"{n} instances: {count} (rounds: {rounds})" for n, count, rounds in operators
     )
     print(f"parallel path, operator calls: {counts}; {per_round} per round", flush=True)
     table = "\n".join(
