@@ -69,7 +69,7 @@ def locate_masks(masks: torch.Tensor, indices: List[int]) -> List[Box]:
 
     Each mask is read once in full, as machine words (a word is nonzero where a pixel in it is
     set), to find its occupied rows; then its occupied rows once more, OR-ing their words into
-    one row whose bytes say which columns are occupied. Two host transfers in all.
+    one row whose bytes say which columns are occupied.
 
     Args:
         masks: CPU bool (N, H, W).
