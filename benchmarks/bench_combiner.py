@@ -16,8 +16,9 @@ scanned once to find its rectangle; the parallel path ignores the rectangles eit
 every call is timed to its end (synchronised), with the settings users get by default.
 
 It also counts the operator calls (ATen operators, through a ``TorchDispatchMode``) that one call
-of the parallel path makes at 10 and at 100 instances, with its fixed-point rounds: on a GPU each
-operator is at least one kernel, so these counts stand in for the kernel count per image.
+of the parallel path makes at 10 and at 100 instances, with its fixed-point rounds: on a GPU the
+kernels come from these operators (a view launches none, others one or a few), so these counts
+stand in for the kernel count per image.
 """
 
 import argparse
@@ -190,7 +191,7 @@ def main() -> None:
         "| instances | Detectron2 (ms) | plugin (ms) | speed-up | plugin, masks only (ms) "
         "| speed-up |\n|---|---|---|---|---|---|\n" + table + "\n\n"
         f"Plugin path timed: {path}. Operator calls of one call of the parallel path (ATen "
-        f"operators, counted on CPU; each is at least one kernel on a GPU): {counts}; one "
+        f"operators, counted on CPU; on a GPU they launch the kernels): {counts}; one "
         f"fixed-point round adds {per_round}.",
     )
 
