@@ -1,6 +1,8 @@
 """combine_panoptic gives exactly Detectron2's combine_semantic_and_instance_outputs output, keeps
 the panoptic invariants on random inputs, and is selectable through its registry."""
 
+import os
+import sys
 from typing import Tuple
 
 import pytest
@@ -20,10 +22,14 @@ from panoptic_fpn_ext.modeling import (
     combine_panoptic,
     paste_regions,
 )
-from panoptic_fpn_ext.modeling import post_processing
+from panoptic_fpn_ext.modeling import fixed_point, placement, post_processing
 from panoptic_fpn_ext.registration import register_once
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+import bench_combiner  # noqa: E402  (benchmarks/ is put on the path just above)
+
 THRESHOLD_SETS = [(0.5, 20, 0.3), (0.0, 0, 0.0), (1.0, 100, 0.6), (0.3, 1, 0.9)]
+THRESHOLDS_D2 = (0.5, 4096, 0.5)  # Detectron2's defaults: overlap, stuff area, score
 
 
 def random_case(
@@ -68,10 +74,12 @@ def random_case(
     return instances, semantic, boxes
 
 
-def assert_matches_detectron2(instances, semantic, thresholds, mask_boxes=None):
+def assert_matches_detectron2(instances, semantic, thresholds, mask_boxes=None, method="auto"):
     """combine_panoptic's output equals Detectron2's; returns Detectron2's segments_info."""
     ref_map, ref_info = combine_semantic_and_instance_outputs(instances, semantic, *thresholds)
-    out_map, out_info = combine_panoptic(instances, semantic, *thresholds, mask_boxes=mask_boxes)
+    out_map, out_info = combine_panoptic(
+        instances, semantic, *thresholds, mask_boxes=mask_boxes, method=method
+    )
     assert out_map.dtype == ref_map.dtype == torch.int32
     assert out_map.shape == ref_map.shape
     assert torch.equal(out_map, ref_map)
@@ -79,27 +87,21 @@ def assert_matches_detectron2(instances, semantic, thresholds, mask_boxes=None):
     return ref_info
 
 
-@pytest.fixture(params=["host", "device"])
-def placement(request, monkeypatch):
-    """Run the test with the CPU (numpy) placement loop and with the synchronisation-free one."""
-    if request.param == "device":
-        monkeypatch.setattr(post_processing, "_place_on_host", post_processing._place_on_device)
-    return request.param
-
-
 @pytest.mark.parametrize("seed", range(12))
 @pytest.mark.parametrize("tie_scores", [False, True])
-def test_matches_detectron2_on_random_inputs(seed, tie_scores, placement):
+@pytest.mark.parametrize("method", ["sequential", "parallel"])
+def test_matches_detectron2_on_random_inputs(seed, tie_scores, method):
     n = [0, 1, 3, 8, 20, 40][seed % 6]
     instances, semantic, boxes = random_case(seed, n, tie_scores=tie_scores)
     for thresholds in THRESHOLD_SETS:
-        assert_matches_detectron2(instances, semantic, thresholds)
-        assert_matches_detectron2(instances, semantic, thresholds, mask_boxes=boxes)
+        assert_matches_detectron2(instances, semantic, thresholds, method=method)
+        assert_matches_detectron2(instances, semantic, thresholds, boxes, method)
 
 
-def test_equal_scores_come_out_in_detectron2_order():
+@pytest.mark.parametrize("method", ["sequential", "parallel"])
+def test_equal_scores_come_out_in_detectron2_order(method):
     instances, semantic, _ = random_case(4, 30, tie_scores=True)
-    info = assert_matches_detectron2(instances, semantic, (0.5, 20, 0.0))
+    info = assert_matches_detectron2(instances, semantic, (0.5, 20, 0.0), method=method)
     things = [s for s in info if s["isthing"]]
     assert len(things) >= 5  # not vacuous: many kept, some with equal scores
     assert len({s["score"] for s in things}) < len(things)
@@ -111,9 +113,11 @@ def test_loose_boxes_and_boxes_outside_the_image_give_the_same_output():
     assert_matches_detectron2(instances, semantic, (0.5, 20, 0.3), mask_boxes=loose)
 
 
-def test_all_other_map_fully_covered_instance_and_zero_area_limit():
+@pytest.mark.parametrize("method", ["sequential", "parallel"])
+def test_all_other_map_fully_covered_instance_and_zero_area_limit(method):
     instances, semantic, _ = random_case(3, 10)
-    info = assert_matches_detectron2(instances, torch.zeros_like(semantic), (0.5, 0, 0.2))
+    other = torch.zeros_like(semantic)
+    info = assert_matches_detectron2(instances, other, (0.5, 0, 0.2), method=method)
     assert info and all(s["isthing"] for s in info)  # "other" never becomes a stuff segment
     # one instance covering the image: a later copy of it is dropped, and a present label with
     # no free pixels still gets a zero-area segment when the limit is 0 (Detectron2's rule)
@@ -121,12 +125,13 @@ def test_all_other_map_fully_covered_instance_and_zero_area_limit():
     full.pred_masks = torch.ones(2, *semantic.shape, dtype=torch.bool)
     full.scores = torch.tensor([0.9, 0.8])
     full.pred_classes = torch.tensor([0, 1])
-    info = assert_matches_detectron2(full, semantic, (0.5, 0, 0.5))
+    info = assert_matches_detectron2(full, semantic, (0.5, 0, 0.5), method=method)
     assert [s["instance_id"] for s in info if s["isthing"]] == [0]
     assert {s["area"] for s in info if not s["isthing"]} == {0}
 
 
-def test_thresholds_compare_in_float64_like_detectron2():
+@pytest.mark.parametrize("method", ["sequential", "parallel"])
+def test_thresholds_compare_in_float64_like_detectron2(method):
     h, w = 4, 6
     semantic = torch.ones(h, w, dtype=torch.int64)
     instances = Instances((h, w))
@@ -138,23 +143,27 @@ def test_thresholds_compare_in_float64_like_detectron2():
     assert float(torch.tensor(threshold)) < threshold
     instances.scores = torch.tensor([0.9, 0.8, threshold])  # the last is below in float64
     instances.pred_classes = torch.tensor([1, 2, 3])
-    info = assert_matches_detectron2(instances, semantic, (0.5, 18, threshold))
+    info = assert_matches_detectron2(instances, semantic, (0.5, 18, threshold), method=method)
     assert [s["instance_id"] for s in info if s["isthing"]] == [0, 1]  # ratio 0.5 is kept
     # 24 px - 6 claimed: 18 free pixels of label 1, exactly the area limit, which keeps them
     stuff = [s for s in info if not s["isthing"]]
     assert stuff == [{"id": 3, "isthing": False, "category_id": 1, "area": 18}]
 
 
-def test_non_bool_masks_and_odd_sizes():
+@pytest.mark.parametrize("method", ["sequential", "parallel"])
+def test_non_bool_masks_and_odd_sizes(method):
     instances, semantic, boxes = random_case(5, 12, h=30, w=29)
     instances.pred_masks = instances.pred_masks.float() * 0.7  # nonzero = in the mask
-    assert_matches_detectron2(instances, semantic, (0.5, 10, 0.2))
-    assert_matches_detectron2(instances, semantic, (0.5, 10, 0.2), mask_boxes=boxes)
+    assert_matches_detectron2(instances, semantic, (0.5, 10, 0.2), method=method)
+    assert_matches_detectron2(instances, semantic, (0.5, 10, 0.2), boxes, method)
     tiny, semantic, _ = random_case(6, 4, h=1, w=1)
-    assert_matches_detectron2(tiny, semantic, (0.5, 0, 0.0))
+    assert_matches_detectron2(tiny, semantic, (0.5, 0, 0.0), method=method)
+    empty, semantic, _ = random_case(6, 0)
+    assert_matches_detectron2(empty, semantic, (0.5, 0, 0.0), method=method)
 
 
-def test_thousands_of_kept_instances():
+@pytest.mark.parametrize("method", ["sequential", "parallel"])
+def test_thousands_of_kept_instances(method):
     # one pixel each, all kept: beyond 4094 candidates the owner map switches to int32
     n, h, w = 4200, 64, 80
     instances, semantic, _ = random_case(8, 0, h, w)
@@ -167,7 +176,7 @@ def test_thousands_of_kept_instances():
     instances.pred_classes = torch.zeros(n, dtype=torch.int64)
     x, y = pixels % w, pixels // w
     boxes = torch.stack([x, y, x + 1, y + 1], dim=1)
-    info = assert_matches_detectron2(instances, semantic, (0.5, 2, 0.0), mask_boxes=boxes)
+    info = assert_matches_detectron2(instances, semantic, (0.5, 2, 0.0), boxes, method)
     assert sum(s["isthing"] for s in info) == n
 
 
@@ -177,10 +186,11 @@ def test_float_mask_boxes_are_refused():
         combine_panoptic(instances, semantic, 0.5, 10, 0.5, mask_boxes=boxes.float())
 
 
-def test_locate_masks_gives_tight_boxes():
-    instances, _, _ = random_case(11, 30, h=41, w=67)
-    masks = instances.pred_masks
-    located = post_processing.locate_masks(masks, list(range(len(masks))))
+@pytest.mark.parametrize("width", [64, 68, 66, 67])  # read as int64, int32, int16, uint8 words
+def test_locate_masks_gives_tight_boxes(width):
+    instances, _, _ = random_case(11, 31, h=41, w=width, density=0.3)
+    masks = instances.pred_masks[1:]  # a view at an odd offset: falls back to narrower words
+    located = placement.locate_masks(masks, list(range(len(masks))))
     for mask, (x0, y0, x1, y1) in zip(masks, located):
         if not mask.any():
             assert (x0, y0, x1, y1) == (0, 0, 0, 0)
@@ -245,14 +255,15 @@ def test_paste_regions_contain_masks_pasted_by_detectron2(seed):
     overlap=st.floats(0.0, 1.0),
     area_limit=st.integers(0, 60),
     score_threshold=st.floats(0.0, 1.0),
+    method=st.sampled_from(["sequential", "parallel"]),
 )
 def test_invariants_property(
-    seed, n, size, num_labels, density, tie_scores, overlap, area_limit, score_threshold
+    seed, n, size, num_labels, density, tie_scores, overlap, area_limit, score_threshold, method
 ):
     h, w = size
     instances, semantic, boxes = random_case(seed, n, h, w, num_labels, tie_scores, density)
     thresholds = (overlap, area_limit, score_threshold)
-    info = assert_matches_detectron2(instances, semantic, thresholds, mask_boxes=boxes)
+    info = assert_matches_detectron2(instances, semantic, thresholds, boxes, method)
     panoptic, _ = combine_panoptic(instances, semantic, *thresholds)
     masks = instances.pred_masks
 
@@ -313,6 +324,60 @@ def test_a_registered_combiner_is_selected_from_yaml_and_unknown_names_fail(tmp_
         build_panoptic_combiner(cfg)
 
 
+def test_unknown_method_and_sequential_off_cpu_are_refused():
+    instances, semantic, _ = random_case(1, 3)
+    with pytest.raises(ValueError, match="method='serial'"):
+        combine_panoptic(instances, semantic, 0.5, 10, 0.5, method="serial")
+    with pytest.raises(ValueError, match="on CPU tensors; semantic_results is on meta"):
+        combine_panoptic(instances, semantic.to("meta"), 0.5, 10, 0.5, method="sequential")
+
+
+def test_auto_method_is_sequential_on_cpu(monkeypatch):
+    def refuse(*args):
+        raise AssertionError("the parallel path ran on CPU tensors")
+
+    monkeypatch.setattr(post_processing, "combine_parallel", refuse)
+    instances, semantic, _ = random_case(2, 8)
+    assert_matches_detectron2(instances, semantic, (0.5, 20, 0.3))
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 16])
+@pytest.mark.parametrize("method", ["sequential", "parallel"])
+def test_a_chain_of_overlaps_takes_one_round_per_instance_and_matches_detectron2(n, method):
+    # the slowest case for the fixed point: each decision flips the next one
+    instances, semantic = bench_combiner.chain_case(n)
+    info = assert_matches_detectron2(instances, semantic, THRESHOLDS_D2, method=method)
+    assert [s["instance_id"] for s in info if s["isthing"]] == list(range(0, n, 2))
+    masks, scores = instances.pred_masks, instances.scores
+    _, rounds = fixed_point.combine_parallel(masks, scores, semantic, *THRESHOLDS_D2)
+    assert rounds == n  # within the proven bound of n + 1
+
+
+def test_fixed_point_rounds_are_few_on_random_inputs():
+    # 100 overlapping instances of which 15 are kept; the bound N + 1 would allow 101 rounds
+    instances, semantic, _ = random_case(9, 100, h=64, w=80, density=0.9)
+    placed, rounds = fixed_point.combine_parallel(
+        instances.pred_masks, instances.scores, semantic, 0.5, 20, 0.0
+    )
+    assert sum(placed.keep) >= 10  # not vacuous: many kept, and many overlap
+    assert rounds <= 6
+
+
+def test_parallel_operator_count_does_not_grow_with_instances():
+    per_round = bench_combiner.operators_per_round()
+    counts = {}
+    for n in (10, 100):
+        instances, semantic, _ = random_case(n, n, h=64, w=80, density=0.9)
+        counts[n] = bench_combiner.parallel_operators(instances, semantic, (0.5, 20, 0.0))
+    (ops_10, rounds_10), (ops_100, rounds_100) = counts[10], counts[100]
+    assert rounds_100 > 1 and 0 < per_round < 40
+    assert ops_100 - per_round * rounds_100 == ops_10 - per_round * rounds_10
+    # the per-round cost is one number: a third chain length falls on the same line
+    ops_5, rounds_5 = bench_combiner.parallel_operators(*bench_combiner.chain_case(5))
+    ops_11, rounds_11 = bench_combiner.parallel_operators(*bench_combiner.chain_case(11))
+    assert ops_11 - ops_5 == per_round * (rounds_11 - rounds_5)
+
+
 @pytest.mark.gpu
 def test_cuda_semantic_labels_equal_argmax():
     g = torch.Generator().manual_seed(0)
@@ -323,12 +388,24 @@ def test_cuda_semantic_labels_equal_argmax():
 
 
 @pytest.mark.gpu
-def test_cuda_matches_detectron2_without_a_sync_per_instance():
-    def count_syncs(n: int) -> int:
+@pytest.mark.parametrize("seed", range(6))
+def test_cuda_matches_detectron2_on_random_inputs(seed):
+    n = [0, 1, 3, 8, 20, 40][seed]
+    instances, semantic, boxes = random_case(seed, n, tie_scores=seed % 2 == 1)
+    instances, semantic, boxes = instances.to("cuda"), semantic.cuda(), boxes.cuda()
+    for thresholds in THRESHOLD_SETS:
+        assert_matches_detectron2(instances, semantic, thresholds)
+        assert_matches_detectron2(instances, semantic, thresholds, mask_boxes=boxes)
+
+
+@pytest.mark.gpu
+def test_cuda_syncs_per_image_grow_only_with_the_fixed_point_rounds():
+    def syncs_beyond_rounds(n: int) -> int:
         instances, semantic, boxes = random_case(n, n, h=64, w=80, density=0.9)
         instances, semantic, boxes = instances.to("cuda"), semantic.cuda(), boxes.cuda()
         assert_matches_detectron2(instances, semantic, (0.5, 20, 0.0), mask_boxes=boxes)
-        assert_matches_detectron2(instances, semantic, (0.5, 20, 0.0))
+        masks = instances.pred_masks.bool()
+        _, rounds = fixed_point.combine_parallel(masks, instances.scores, semantic, 0.5, 20, 0.0)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("warn")
         try:
@@ -336,6 +413,6 @@ def test_cuda_matches_detectron2_without_a_sync_per_instance():
                 combine_panoptic(instances, semantic, 0.5, 20, 0.0, mask_boxes=boxes)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-        return len(record)
+        return len(record) - rounds  # one convergence test per round
 
-    assert count_syncs(40) == count_syncs(5)  # a fixed number per image, not per instance
+    assert syncs_beyond_rounds(40) == syncs_beyond_rounds(5)

@@ -39,7 +39,9 @@ def build_panoptic_combiner(cfg: CfgNode) -> Callable:
 
 @register_once(PANOPTIC_COMBINER_REGISTRY)
 class PanopticHeuristicCombiner:
-    """The paper's post-processing (Sec. 3): see :func:`combine_panoptic`."""
+    """The paper's post-processing (Sec. 3): see :func:`combine_panoptic`, which runs its
+    sequential path on CPU and its parallel path (a fixed number of kernels per image plus a few
+    fixed-point rounds, whatever the number of instances) on other devices."""
 
     @configurable
     def __init__(
