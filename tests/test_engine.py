@@ -30,6 +30,19 @@ def test_atomic_write_failure_leaves_old_file(tmp_path):
     assert os.listdir(tmp_path) == ["f.bin"]  # no temporary file left behind
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_writes_keep_the_umask_permissions(tmp_path, umask):
+    """Files, checkpoints and the last_checkpoint tag get 0o666 & ~umask, as open() gives."""
+    previous = os.umask(umask)
+    try:
+        atomic_write(str(tmp_path / "results.json"), lambda f: f.write(b"{}"))
+        AtomicDetectionCheckpointer(nn.Linear(2, 2), str(tmp_path)).save("model_0000009")
+    finally:
+        os.umask(previous)
+    for name in ("results.json", "model_0000009.pth", "last_checkpoint"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
 def test_checkpointer_failed_save_keeps_last_good(tmp_path, monkeypatch):
     model = nn.Linear(2, 2)
     ckpt = AtomicDetectionCheckpointer(model, str(tmp_path))
