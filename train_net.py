@@ -4,6 +4,7 @@
 Detectron2's usual entry point::
 
     python train_net.py --config-file configs/quick_start/panoptic_fpn_ext_R_18_shapes.yaml
+    python train_net.py --config-file quick_start/panoptic_fpn_ext_R_18_shapes.yaml  # by name
     python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS path/or/url.pth
     python train_net.py --config-file CONFIG --resume            # continue from OUTPUT_DIR
     python train_net.py --config-file CONFIG --num-gpus 8        # one machine, 8 GPUs
@@ -23,6 +24,7 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 
 from panoptic_fpn_ext import add_panoptic_fpn_ext_config, merge_config_file, validate_config
+from panoptic_fpn_ext.model_zoo import resolve_config_file
 from panoptic_fpn_ext.engine import PanopticFPNExtTrainer, atomic_write
 
 
@@ -30,7 +32,7 @@ def setup(args):
     """Config from Detectron2's defaults + the plugin's keys + the YAML + command-line overrides."""
     cfg = get_cfg()
     add_panoptic_fpn_ext_config(cfg)
-    merge_config_file(cfg, args.config_file)
+    merge_config_file(cfg, resolve_config_file(args.config_file))  # a path, or a config's name
     cfg.merge_from_list(args.opts)
     validate_config(cfg)
     cfg.freeze()

@@ -12,7 +12,7 @@
 from . import data, evaluation, model_zoo, modeling  # noqa: F401  (importing registers them)
 from .config import add_panoptic_fpn_ext_config, merge_config_file, validate_config
 from .data import PanopticDatasetMapper, register_coco_panoptic_dataset
-from .evaluation import PanopticQualityEvaluator, build_panoptic_fpn_evaluators
+from .evaluation import PanopticQualityEvaluator, build_evaluator, build_panoptic_fpn_evaluators
 from .modeling import (
     PANOPTIC_COMBINER_REGISTRY,
     PanopticFPNExt,

@@ -15,7 +15,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..data import PanopticDatasetMapper
-from ..evaluation import build_panoptic_fpn_evaluators
+from ..evaluation import build_evaluator
 from .checkpoint import AtomicDetectionCheckpointer
 from .sampler import ResumableTrainingSampler
 
@@ -108,7 +108,7 @@ class PanopticFPNExtTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        return build_panoptic_fpn_evaluators(cfg, dataset_name, output_folder)
+        return build_evaluator(cfg, dataset_name, output_folder)
 
 
 def _ddp_device_kwargs(cfg) -> dict:
