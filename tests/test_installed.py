@@ -1,0 +1,139 @@
+"""The plugin installed from its wheel, used from a folder outside the repository: README's
+snippets, Detectron2's own DefaultTrainer with evaluation through its EvalHook, the LazyConfig,
+and ``import`` + PNG decoding on a read-only install (see tests/installed.py)."""
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A small dataset in COCO panoptic format, where README's snippet expects "my_data".
+MAKE_MY_DATA = """
+from panoptic_fpn_ext.data.synthetic import load_shapes_dataset
+for split, count in (("train", 8), ("val", 4)):
+    load_shapes_dataset("my_data", split, count, (96, 96), seed=1)
+"""
+
+
+def readme_python_block(heading: str) -> str:
+    """The first ```python block of README.md after the line ``heading``."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index(f"\n{heading}\n") :]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def _check(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result.stdout
+
+
+def test_readme_plugin_snippet_runs_from_the_installed_wheel(installed_plugin, tmp_path):
+    code = MAKE_MY_DATA + readme_python_block("## Using it from another Detectron2 project")
+    code += """
+import sys
+from detectron2.evaluation import DatasetEvaluators
+assert panoptic_fpn_ext.__file__.startswith(sys.argv[1]), panoptic_fpn_ext.__file__
+assert type(model).__name__ == "PanopticFPNExt"
+assert isinstance(evaluator, DatasetEvaluators)
+print("device", cfg.MODEL.DEVICE, [type(e).__name__ for e in evaluator._evaluators])
+"""
+    out = _check(installed_plugin.run(code, args=[installed_plugin.target], cwd=str(tmp_path)))
+    assert "PanopticQualityEvaluator" in out and "COCOEvaluator" in out, out
+    assert not os.path.exists(os.path.join(installed_plugin.target, "configs")), "configs leaked"
+
+
+def test_wheel_carries_every_config_of_the_repository(installed_plugin):
+    packaged = os.path.join(installed_plugin.target, "panoptic_fpn_ext", "model_zoo", "configs")
+    names = lambda root: sorted(  # noqa: E731
+        os.path.relpath(os.path.join(d, n), root)
+        for d, _, files in os.walk(root)
+        for n in files
+        if n.endswith((".yaml", ".py"))
+    )
+    assert names(packaged) == names(os.path.join(ROOT, "configs"))
+    assert not os.path.islink(packaged)
+
+
+@pytest.mark.slow  # ~60 s on 2 CPU cores: two iterations of R18, then PQ and box/mask AP
+def test_default_trainer_trains_and_evaluates_through_detectron2_hooks(installed_plugin, tmp_path):
+    code = MAKE_MY_DATA + readme_python_block("### Training with Detectron2's `DefaultTrainer`")
+    code += """
+import json
+from detectron2.engine.hooks import EvalHook
+from panoptic_fpn_ext import model_zoo
+
+for split in ("train", "val"):
+    panoptic_fpn_ext.register_coco_panoptic_dataset(
+        f"my_{split}", f"my_data/{split}", f"my_data/panoptic_{split}",
+        f"my_data/annotations/panoptic_{split}.json",
+    )
+cfg = model_zoo.get_config("quick_start/panoptic_fpn_ext_R_18_shapes.yaml")
+cfg.merge_from_list([
+    "DATASETS.TRAIN", "('my_train',)", "DATASETS.TEST", "('my_val',)", "SOLVER.MAX_ITER", "2",
+    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "()",
+    "DATALOADER.NUM_WORKERS", "0", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MIN_SIZE_TEST", "96",
+    "OUTPUT_DIR", "out", "PANOPTIC_FPN_EXT.EVAL.SEMANTIC_MIOU", "False",
+])
+trainer = Trainer(cfg)
+assert any(isinstance(h, EvalHook) for h in trainer._hooks)
+trainer.resume_or_load(resume=False)
+trainer.train()
+print("RESULTS", json.dumps(trainer._last_eval_results))
+"""
+    out = _check(installed_plugin.run(code, cwd=str(tmp_path)))
+    results = __import__("json").loads(out.split("RESULTS ", 1)[1].splitlines()[0])
+    assert {"PQ", "SQ", "RQ"} <= set(results["panoptic_seg"]), results
+    assert os.path.exists(tmp_path / "out" / "model_final.pth")
+
+
+def test_default_mapper_stops_with_an_error_naming_the_panoptic_mapper(installed_plugin, tmp_path):
+    code = MAKE_MY_DATA + """
+import panoptic_fpn_ext
+from detectron2.engine import DefaultTrainer
+from panoptic_fpn_ext import model_zoo
+
+panoptic_fpn_ext.register_coco_panoptic_dataset(
+    "my_train", "my_data/train", "my_data/panoptic_train",
+    "my_data/annotations/panoptic_train.json",
+)
+cfg = model_zoo.get_config("quick_start/panoptic_fpn_ext_R_18_shapes.yaml")
+cfg.merge_from_list([
+    "DATASETS.TRAIN", "('my_train',)", "DATASETS.TEST", "()", "SOLVER.IMS_PER_BATCH", "2",
+    "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", "out",
+])
+trainer = DefaultTrainer(cfg)
+trainer.train()
+"""
+    result = installed_plugin.run(code, cwd=str(tmp_path))
+    assert result.returncode != 0
+    assert "ValueError: PanopticFPNExt: a training input has no 'sem_seg' target" in result.stderr
+    assert "PanopticDatasetMapper" in result.stderr and "build_evaluator" in result.stderr
+
+
+def test_lazy_config_instantiates_the_yaml_route_model(installed_plugin):
+    code = readme_python_block("### LazyConfig") + """
+from detectron2.modeling import build_model
+
+yaml_model = build_model(
+    model_zoo.get_config("COCO-PanopticSegmentation/panoptic_fpn_ext_R_50_1x.yaml")
+)
+shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731
+assert type(model) is type(yaml_model)
+assert shapes(model) == shapes(yaml_model)
+assert vars(model.combiner) == vars(yaml_model.combiner)
+for name in ("ignore_value", "common_stride", "loss_weight"):
+    assert getattr(model.sem_seg_head, name) == getattr(yaml_model.sem_seg_head, name), name
+assert type(model.sem_seg_head) is type(yaml_model.sem_seg_head)
+assert model.roi_heads.box_predictor.loss_weight == yaml_model.roi_heads.box_predictor.loss_weight
+frozen = lambda m: [n for n, p in m.named_parameters() if not p.requires_grad]  # noqa: E731
+assert frozen(model) == frozen(yaml_model)
+assert cfg.train.device == ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+print("OK", len(shapes(model)))
+"""
+    assert "OK" in _check(installed_plugin.run(code))
