@@ -43,18 +43,15 @@ class InstalledPlugin:
         cwd: Optional[str] = None,
         env: Optional[Dict[str, str]] = None,
         timeout: float = 300,
-        user: Optional[str] = None,
+        prefix: Sequence[str] = (),
     ) -> subprocess.CompletedProcess:
         """Run ``code`` (dedented) with this interpreter; output captured as text.
 
         Args:
-            user: run as this user (``setpriv``; the caller must be root).
+            prefix: a command that runs the interpreter (e.g. ``setpriv ...``).
         """
-        command = [sys.executable, "-c", textwrap.dedent(code), *args]
-        if user is not None:
-            command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] + command
         return subprocess.run(
-            command,
+            [*prefix, sys.executable, "-c", textwrap.dedent(code), *args],
             cwd=cwd or self.workdir,
             env=env if env is not None else self.env(),
             capture_output=True,

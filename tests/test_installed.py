@@ -137,3 +137,78 @@ assert cfg.train.device == ("cuda" if __import__("torch").cuda.is_available() el
 print("OK", len(shapes(model)))
 """
     assert "OK" in _check(installed_plugin.run(code))
+
+
+DECODE_A_PNG = """
+import io, sys
+import numpy as np
+from PIL import Image
+import panoptic_fpn_ext
+from panoptic_fpn_ext.evaluation.png import decode_rgba, joint_counts, read_filtered_png
+
+assert "numba" not in sys.modules, "numba loaded by the package import"
+rgb = np.random.RandomState(0).randint(0, 3, (6, 5, 3)).astype(np.uint8)
+buffer = io.BytesIO()
+Image.fromarray(rgb).save(buffer, format="PNG")
+png = read_filtered_png(buffer.getvalue(), "x.png")
+assert (decode_rgba(png)[..., :3] == rgb).all()
+rows = np.zeros(1 << 24, dtype=np.uint16)
+ids = rgb[..., 0] + 256 * rgb[..., 1].astype(np.int64) + 65536 * rgb[..., 2].astype(np.int64)
+assert joint_counts(png, rows, 1, np.zeros(30, dtype=np.int64), 1)[0] == 30
+print("decoded", np.unique(ids).size)
+"""
+
+
+def _make_read_only(root: str) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o444)
+        os.chmod(folder, 0o555)
+
+
+def _make_writable(root: str) -> None:
+    for folder, _, files in os.walk(root):
+        os.chmod(folder, 0o755)
+
+
+@pytest.fixture
+def read_only_install(installed_plugin):
+    """A read-only copy of the installed plugin, and a command prefix under which the file modes
+    hold: as root, ``setpriv`` drops the capabilities that bypass them (CAP_DAC_OVERRIDE,
+    CAP_DAC_READ_SEARCH)."""
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: file modes cannot be enforced")
+    base = tempfile.mkdtemp(prefix="read_only_install_")
+    site = os.path.join(base, "site")
+    shutil.copytree(installed_plugin.target, site)
+    for unwanted in ("__pycache__",):  # no cache from earlier runs
+        for folder, dirs, _ in os.walk(site):
+            if unwanted in dirs:
+                shutil.rmtree(os.path.join(folder, unwanted))
+    homes = {"read_only": os.path.join(base, "home_ro"), "writable": os.path.join(base, "home")}
+    for home in homes.values():
+        os.makedirs(home)
+    _make_read_only(site)
+    os.chmod(homes["read_only"], 0o555)
+    drop = "-dac_override,-dac_read_search"
+    prefix = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}"]
+    yield site, homes, prefix if os.geteuid() == 0 else []
+    _make_writable(base)
+    shutil.rmtree(base)
+
+
+@pytest.mark.parametrize("home", ["read_only", "writable"])
+def test_import_and_png_decoding_work_on_a_read_only_install(
+    installed_plugin, read_only_install, home, tmp_path
+):
+    site, homes, prefix = read_only_install
+    env = {k: v for k, v in installed_plugin.env().items() if not k.startswith(("NUMBA_", "XDG_"))}
+    env.update(PYTHONPATH=site, HOME=homes[home])
+    probe = installed_plugin.run(f"open({site!r} + '/probe', 'w')", env=env, prefix=prefix)
+    assert probe.returncode != 0 and "Permission denied" in probe.stderr, "the install is writable"
+
+    result = installed_plugin.run(DECODE_A_PNG, env=env, prefix=prefix, cwd=homes[home])
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "decoded" in result.stdout
+    cached = [n for _, _, files in os.walk(homes[home]) for n in files if n.endswith(".nbi")]
+    assert bool(cached) == (home == "writable"), cached  # numba's index files: cached in ~/.cache
