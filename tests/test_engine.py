@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import math
 import os
 
 import pytest
@@ -13,6 +14,7 @@ from panoptic_fpn_ext.engine import (
     ResumableTrainingSampler,
     atomic_write,
 )
+from panoptic_fpn_ext.engine.trainer import loss_terms_of
 from panoptic_fpn_ext.tools import summary
 
 
@@ -106,3 +108,19 @@ def test_summary_fails_when_pq_does_not_improve(tmp_path, capsys):
 def test_summary_names_unreadable_file(tmp_path):
     with pytest.raises(SystemExit, match="missing.json"):
         summary.main([str(tmp_path / "missing.json"), _write(tmp_path / "b.json", 1.0)])
+
+
+@pytest.mark.parametrize(
+    "loss_dict",
+    [
+        "{'loss_cls': nan, 'loss_mask': inf, 'loss_box_reg': 1e+37, 'loss_rpn_cls': -inf}",
+        "{'loss_cls': np.float64(nan), 'loss_mask': np.float64(inf), "
+        "'loss_box_reg': np.float64(1e+37), 'loss_rpn_cls': np.float64(-inf)}",
+    ],
+)
+def test_loss_terms_are_read_from_detectron2_divergence_message(loss_dict):
+    message = f"Loss became infinite or NaN at iteration=6!\nloss_dict = {loss_dict}"
+    terms = loss_terms_of(message)
+    assert list(terms) == ["loss_cls", "loss_mask", "loss_box_reg", "loss_rpn_cls"]
+    assert math.isnan(terms["loss_cls"]) and terms["loss_mask"] == math.inf
+    assert terms["loss_box_reg"] == 1e37 and terms["loss_rpn_cls"] == -math.inf
