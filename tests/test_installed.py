@@ -5,8 +5,8 @@ and ``import`` + PNG decoding on a read-only install (see tests/installed.py).""
 import os
 import re
 import shutil
-import stat
 import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -137,6 +137,61 @@ assert cfg.train.device == ("cuda" if __import__("torch").cuda.is_available() el
 print("OK", len(shapes(model)))
 """
     assert "OK" in _check(installed_plugin.run(code))
+
+
+# A user's LazyConfig derived from the plugin's: tiny images, the shapes classes, no download.
+MY_LAZY_CONFIG = """
+import detectron2.data.transforms as T
+from detectron2.config import LazyCall as L
+import panoptic_fpn_ext
+from panoptic_fpn_ext import model_zoo
+
+for split in ("train", "val"):
+    panoptic_fpn_ext.register_coco_panoptic_dataset(
+        f"my_{split}", f"my_data/{split}", f"my_data/panoptic_{split}",
+        f"my_data/annotations/panoptic_{split}.json",
+    )
+base = model_zoo.get_config("COCO-PanopticSegmentation/panoptic_fpn_ext_R_50_1x.py")
+model, dataloader, optimizer, lr_multiplier, train = (
+    base.model, base.dataloader, base.optimizer, base.lr_multiplier, base.train
+)
+model.roi_heads.num_classes = 3
+model.sem_seg_head.num_classes = 4
+dataloader.train.dataset.names = "my_train"
+dataloader.test.dataset.names = "my_val"
+dataloader.train.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=96, max_size=96)]
+dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=96, max_size=96)]
+dataloader.train.total_batch_size = 2
+dataloader.train.num_workers = dataloader.test.num_workers = 0
+train.update(init_checkpoint="", max_iter=2, eval_period=2, device="cpu", output_dir="out")
+"""
+
+
+@pytest.mark.slow  # ~60 s on 2 CPU cores: two iterations of R50, then PQ
+def test_detectron2_lazyconfig_train_net_trains_and_evaluates_the_lazy_config(
+    installed_plugin, tmp_path
+):
+    import detectron2
+
+    script = os.path.join(
+        os.path.dirname(os.path.dirname(detectron2.__file__)), "tools", "lazyconfig_train_net.py"
+    )
+    if not os.path.isfile(script):
+        pytest.skip("this detectron2 install has no tools/lazyconfig_train_net.py")
+    (tmp_path / "my_config.py").write_text(MY_LAZY_CONFIG)
+    _check(installed_plugin.run(MAKE_MY_DATA, cwd=str(tmp_path)))
+    result = subprocess.run(
+        [sys.executable, script, "--config-file", "my_config.py"],
+        cwd=str(tmp_path),
+        env=installed_plugin.env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    log = _check(result) + result.stderr
+    assert "copypaste: Task: panoptic_seg" in log, log[-3000:]
+    assert re.search(r"copypaste: PQ,SQ,RQ", log), log[-3000:]
+    assert os.path.exists(tmp_path / "out" / "model_final.pth")
 
 
 DECODE_A_PNG = """

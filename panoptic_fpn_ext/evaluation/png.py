@@ -5,7 +5,8 @@ A COCO-panoptic PNG holds one segment id per pixel as an 8-bit color, ``id = R +
 :func:`read_filtered_png` checks the PNG's chunks and inflates its data stream (zlib-ng), and
 :func:`joint_counts` undoes the PNG row filters one row at a time, in compiled code that releases
 the GIL (numba, :mod:`.png_kernels`, loaded at the first call), and counts each pixel straight into
-a joint histogram. :func:`decode_rgba` gives the whole image where it is needed (predictions on a GPU, error messages).
+a joint histogram. :func:`decode_rgba` gives the whole image where it is needed (predictions on a
+GPU, error messages).
 
 Only 8-bit RGB and RGBA PNGs without interlacing, the format of COCO's and Cityscapes' panoptic
 annotations, are read here; :func:`read_filtered_png` returns None for any other file, which is
