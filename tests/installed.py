@@ -35,23 +35,34 @@ class InstalledPlugin:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         return dict(env, PYTHONPATH=self.target, **extra)
 
-    def run(
+    def run(self, code: str, *, args: Sequence[str] = (), **kwargs) -> subprocess.CompletedProcess:
+        """Run ``code`` (dedented) with this interpreter (``python -c``); see :meth:`python`."""
+        return self.python(["-c", textwrap.dedent(code), *args], **kwargs)
+
+    def run_module(
+        self, module: str, *, args: Sequence[str] = (), **kwargs
+    ) -> subprocess.CompletedProcess:
+        """Run ``python -m module args...`` (e.g. the predict tool); see :meth:`python`."""
+        return self.python(["-m", module, *args], **kwargs)
+
+    def python(
         self,
-        code: str,
+        arguments: Sequence[str],
         *,
-        args: Sequence[str] = (),
         cwd: Optional[str] = None,
         env: Optional[Dict[str, str]] = None,
         timeout: float = 300,
         prefix: Sequence[str] = (),
     ) -> subprocess.CompletedProcess:
-        """Run ``code`` (dedented) with this interpreter; output captured as text.
+        """Run this interpreter with ``arguments``; stdout and stderr captured as text.
 
         Args:
+            cwd: default ``workdir``.
+            env: default :meth:`env`.
             prefix: a command that runs the interpreter (e.g. ``setpriv ...``).
         """
         return subprocess.run(
-            [*prefix, sys.executable, "-c", textwrap.dedent(code), *args],
+            [*prefix, sys.executable, *arguments],
             cwd=cwd or self.workdir,
             env=env if env is not None else self.env(),
             capture_output=True,

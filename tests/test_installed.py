@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 
 import pytest
@@ -180,13 +179,8 @@ def test_detectron2_lazyconfig_train_net_trains_and_evaluates_the_lazy_config(
         pytest.skip("this detectron2 install has no tools/lazyconfig_train_net.py")
     (tmp_path / "my_config.py").write_text(MY_LAZY_CONFIG)
     _check(installed_plugin.run(MAKE_MY_DATA, cwd=str(tmp_path)))
-    result = subprocess.run(
-        [sys.executable, script, "--config-file", "my_config.py"],
-        cwd=str(tmp_path),
-        env=installed_plugin.env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = installed_plugin.python(
+        [script, "--config-file", "my_config.py"], cwd=str(tmp_path), timeout=600
     )
     log = _check(result) + result.stderr
     assert "copypaste: Task: panoptic_seg" in log, log[-3000:]
