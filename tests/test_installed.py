@@ -230,10 +230,10 @@ def read_only_install(installed_plugin):
     base = tempfile.mkdtemp(prefix="read_only_install_")
     site = os.path.join(base, "site")
     shutil.copytree(installed_plugin.target, site)
-    for unwanted in ("__pycache__",):  # no cache from earlier runs
-        for folder, dirs, _ in os.walk(site):
-            if unwanted in dirs:
-                shutil.rmtree(os.path.join(folder, unwanted))
+    for folder, dirs, _ in os.walk(site):  # no compiled code cached by earlier runs
+        if "__pycache__" in dirs:
+            dirs.remove("__pycache__")
+            shutil.rmtree(os.path.join(folder, "__pycache__"))
     homes = {"read_only": os.path.join(base, "home_ro"), "writable": os.path.join(base, "home")}
     for home in homes.values():
         os.makedirs(home)
@@ -248,7 +248,7 @@ def read_only_install(installed_plugin):
 
 @pytest.mark.parametrize("home", ["read_only", "writable"])
 def test_import_and_png_decoding_work_on_a_read_only_install(
-    installed_plugin, read_only_install, home, tmp_path
+    installed_plugin, read_only_install, home
 ):
     site, homes, prefix = read_only_install
     env = {k: v for k, v in installed_plugin.env().items() if not k.startswith(("NUMBA_", "XDG_"))}
