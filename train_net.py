@@ -4,6 +4,7 @@
 Detectron2's usual entry point::
 
     python train_net.py --config-file configs/quick_start/panoptic_fpn_ext_R_18_shapes.yaml
+    python train_net.py --config-file quick_start/panoptic_fpn_ext_R_18_shapes.yaml  # by name
     python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS path/or/url.pth
     python train_net.py --config-file CONFIG --eval-only --allow-random-weights  # baseline
     python train_net.py --config-file CONFIG --resume            # continue from OUTPUT_DIR
@@ -41,6 +42,7 @@ from panoptic_fpn_ext import (
     validate_config,
 )
 from panoptic_fpn_ext.engine import PanopticFPNExtTrainer, atomic_write, resolve_weights
+from panoptic_fpn_ext.model_zoo import resolve_config_file
 
 RANDOM_WEIGHTS_NAME = "random_weights"
 
@@ -64,7 +66,7 @@ def build_config(args) -> CfgNode:
     """
     cfg = get_cfg()
     add_panoptic_fpn_ext_config(cfg)
-    merge_config_file(cfg, args.config_file)
+    merge_config_file(cfg, resolve_config_file(args.config_file))  # a path, or a config's name
     merge_config_list(cfg, args.opts)
     validate_config(cfg)
     return cfg

@@ -9,7 +9,7 @@
   panoptic, all under names that start with ``panoptic_fpn_ext_``.
 """
 
-from . import data, evaluation, modeling  # noqa: F401  (importing registers the components)
+from . import data, evaluation, model_zoo, modeling  # noqa: F401  (importing registers them)
 from .config import (
     add_panoptic_fpn_ext_config,
     check_class_counts,
@@ -18,7 +18,7 @@ from .config import (
     validate_config,
 )
 from .data import PanopticDatasetMapper, register_coco_panoptic_dataset
-from .evaluation import PanopticQualityEvaluator, build_panoptic_fpn_evaluators
+from .evaluation import PanopticQualityEvaluator, build_evaluator, build_panoptic_fpn_evaluators
 from .modeling import (
     PANOPTIC_COMBINER_REGISTRY,
     PanopticFPNExt,

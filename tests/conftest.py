@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from installed import installed_plugin  # noqa: F401  (a session fixture for every test module)
 
 
 def pytest_addoption(parser):

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import math
 import os
 
 import pytest
@@ -13,6 +14,7 @@ from panoptic_fpn_ext.engine import (
     ResumableTrainingSampler,
     atomic_write,
 )
+from panoptic_fpn_ext.engine.trainer import loss_terms_of
 from panoptic_fpn_ext.tools import summary
 
 
@@ -28,6 +30,19 @@ def test_atomic_write_failure_leaves_old_file(tmp_path):
         atomic_write(str(path), fail)
     assert path.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["f.bin"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_writes_keep_the_umask_permissions(tmp_path, umask):
+    """Files, checkpoints and the last_checkpoint tag get 0o666 & ~umask, as open() gives."""
+    previous = os.umask(umask)
+    try:
+        atomic_write(str(tmp_path / "results.json"), lambda f: f.write(b"{}"))
+        AtomicDetectionCheckpointer(nn.Linear(2, 2), str(tmp_path)).save("model_0000009")
+    finally:
+        os.umask(previous)
+    for name in ("results.json", "model_0000009.pth", "last_checkpoint"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
 def test_checkpointer_failed_save_keeps_last_good(tmp_path, monkeypatch):
@@ -93,3 +108,19 @@ def test_summary_fails_when_pq_does_not_improve(tmp_path, capsys):
 def test_summary_names_unreadable_file(tmp_path):
     with pytest.raises(SystemExit, match="missing.json"):
         summary.main([str(tmp_path / "missing.json"), _write(tmp_path / "b.json", 1.0)])
+
+
+@pytest.mark.parametrize(
+    "loss_dict",
+    [
+        "{'loss_cls': nan, 'loss_mask': inf, 'loss_box_reg': 1e+37, 'loss_rpn_cls': -inf}",
+        "{'loss_cls': np.float64(nan), 'loss_mask': np.float64(inf), "
+        "'loss_box_reg': np.float64(1e+37), 'loss_rpn_cls': np.float64(-inf)}",
+    ],
+)
+def test_loss_terms_are_read_from_detectron2_divergence_message(loss_dict):
+    message = f"Loss became infinite or NaN at iteration=6!\nloss_dict = {loss_dict}"
+    terms = loss_terms_of(message)
+    assert list(terms) == ["loss_cls", "loss_mask", "loss_box_reg", "loss_rpn_cls"]
+    assert math.isnan(terms["loss_cls"]) and terms["loss_mask"] == math.inf
+    assert terms["loss_box_reg"] == 1e37 and terms["loss_rpn_cls"] == -math.inf

@@ -280,3 +280,28 @@ def test_cuda_model_matches_detectron2():
         assert len(x["instances"]) > 0 and x["panoptic_seg"][0].is_cuda
         assert torch.equal(x["panoptic_seg"][0], y["panoptic_seg"][0])
         assert x["panoptic_seg"][1] == y["panoptic_seg"][1]
+
+
+def test_detectron2_lazy_panoptic_fpn_with_the_plugin_target_needs_no_combiner():
+    """Detectron2's common/models/panoptic_fpn.py with only ``_target_`` swapped: the default
+    combiner is the paper's heuristic with the model's ``combine_*`` thresholds."""
+    from detectron2.config import instantiate
+
+    from panoptic_fpn_ext import PanopticFPNExt
+    from panoptic_fpn_ext.modeling import PanopticHeuristicCombiner
+
+    lazy = model_zoo.get_config("common/models/panoptic_fpn.py").model
+    lazy._target_ = PanopticFPNExt
+    model = instantiate(lazy)
+    assert type(model.combiner) is PanopticHeuristicCombiner
+    assert vars(model.combiner) == {
+        "overlap_threshold": 0.5,
+        "stuff_area_limit": 4096,
+        "instances_score_threshold": 0.5,
+    }
+    lazy.combine_overlap_thresh, lazy.combine_stuff_area_thresh = 0.3, 64
+    assert vars(instantiate(lazy).combiner) == {
+        "overlap_threshold": 0.3,
+        "stuff_area_limit": 64,
+        "instances_score_threshold": 0.5,
+    }

@@ -442,3 +442,19 @@ def test_semantic_evaluator_scores_perfect_predictions_100(tmp_path):
             [model_input(image, str(tmp_path))], [{"sem_seg": logits.permute(2, 0, 1).float()}]
         )
     assert semantic.evaluate()["sem_seg"]["mIoU"] == pytest.approx(100)
+
+
+def test_build_evaluator_refuses_a_dataset_of_another_evaluator_type(shapes_dataset, tmp_path):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from panoptic_fpn_ext import build_evaluator
+
+    assert kinds(build_evaluator(config(), shapes_dataset, str(tmp_path)))[0] is (
+        PanopticQualityEvaluator
+    )
+    name = "test_build_evaluator_coco_type"
+    if name not in DatasetCatalog.list():
+        DatasetCatalog.register(name, lambda: [])
+        MetadataCatalog.get(name).set(evaluator_type="coco")
+    with pytest.raises(ValueError, match=f"Dataset '{name}' has evaluator_type 'coco'"):
+        build_evaluator(config(), name, str(tmp_path))

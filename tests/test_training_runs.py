@@ -4,6 +4,7 @@ SIGKILL and --resume, divergence, and two CPU processes over Gloo through Detect
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -118,9 +119,18 @@ def test_nan_loss_stops_with_the_iteration_and_term_and_keeps_the_checkpoint(
     datasets_root, tmp_path
 ):
     out = tmp_path / "out"
-    rc, log = _run(datasets_root, tmp_path / "nan.jsonl", out, "--nan-at", "6")
+    rc, log = _run(datasets_root, tmp_path / "nan.jsonl", out, "--nan-at", "6", "--huge-at", "2")
     assert rc != 0
-    assert "Training diverged at iteration 6: non-finite loss term(s) loss_sem_seg" in log
+    assert "Training diverged at iteration 6: non-finite loss term(s) " in log
+    message = log[log.index("Training diverged at iteration 6") :]
+    assert "loss_sem_seg (nan)" in message and "loss_mask (inf)" in message, message
+    assert re.search(r"the other terms: .*loss_cls [0-9.e+-]+", message), message
+    assert (
+        f"Last checkpoint of this run: {out / 'model_0000003.pth'} (iteration 3), weights all "
+        "finite" in message
+    ), message
+    assert "Loss terms above 1e+06 first at iteration 2 (loss_box_reg 1e+30)" in message, message
+    assert "the last one written before it: none in this run" in message, message
     assert [r["iter"] for r in _records(tmp_path / "nan.jsonl")] == list(range(6))
     checkpoint = torch.load(_last_checkpoint(out), map_location="cpu", weights_only=False)
     assert checkpoint["iteration"] == 3

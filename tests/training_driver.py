@@ -11,7 +11,9 @@ It runs what ``train_net.main`` runs for training (``setup``, ``PanopticFPNExtTr
   run killed at any moment leaves complete lines (the last one possibly cut);
 * ``--dump-weights``: each process saves its model's ``state_dict`` before and after training
   as ``DIR/rank{R}.pth``;
-* ``--nan-at``: the semantic loss of that iteration is replaced by NaN (a diverging run).
+* ``--nan-at``: at that iteration the semantic loss is NaN and the mask loss inf (a diverging
+  run);
+* ``--huge-at``: at that iteration the box-regression loss reads 1e30 (its gradient unchanged).
 """
 
 import json
@@ -62,10 +64,11 @@ class _RecordHook(HookBase):
 
 
 class _NaNAt(HookBase):
-    """Makes the model's ``loss_sem_seg`` NaN at one iteration."""
+    """Makes ``loss_sem_seg`` NaN and ``loss_mask`` inf at ``iteration``, and ``loss_box_reg``
+    read 1e30 (same gradient) at ``huge_at``."""
 
-    def __init__(self, iteration: int):
-        self.iteration = iteration
+    def __init__(self, iteration, huge_at):
+        self.iteration, self.huge_at = iteration, huge_at
 
     def before_train(self):
         model = self.trainer.model
@@ -76,6 +79,10 @@ class _NaNAt(HookBase):
             losses = forward(*args, **kwargs)
             if self.trainer.iter == self.iteration:
                 losses["loss_sem_seg"] = losses["loss_sem_seg"] * float("nan")
+                losses["loss_mask"] = losses["loss_mask"] * float("inf")
+            if self.trainer.iter == self.huge_at:
+                box = losses["loss_box_reg"]
+                losses["loss_box_reg"] = box + (1e30 - box.detach())
             return losses
 
         module.forward = forward_with_nan
@@ -91,8 +98,8 @@ def _main(args):
     cfg = train_net.setup(args)
     trainer = _InstrumentedTrainer(cfg)
     hooks = [_RecordHook(args.record, trainer.data_loader)]
-    if args.nan_at is not None:
-        hooks.append(_NaNAt(args.nan_at))
+    if args.nan_at is not None or args.huge_at is not None:
+        hooks.append(_NaNAt(args.nan_at, args.huge_at))
     trainer.register_hooks(hooks)
     trainer.resume_or_load(resume=args.resume)
     model = trainer.model.module if comm.get_world_size() > 1 else trainer.model
@@ -109,6 +116,7 @@ def _parser():
     parser.add_argument("--record", required=True, help="JSON-lines file of per-step records")
     parser.add_argument("--dump-weights", default="", help="folder for each process's weights")
     parser.add_argument("--nan-at", type=int, default=None, help="iteration whose loss is NaN")
+    parser.add_argument("--huge-at", type=int, default=None, help="iteration of a 1e30 loss")
     return parser
 
 

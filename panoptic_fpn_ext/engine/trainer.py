@@ -1,8 +1,10 @@
 """The plugin's DefaultTrainer: panoptic mapper and evaluators, atomic checkpoints, exact resume."""
 
 import logging
+import math
 import re
 import weakref
+from typing import Dict
 
 from detectron2.data import (
     build_detection_test_loader,
@@ -15,11 +17,14 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..data import PanopticDatasetMapper
-from ..evaluation import build_panoptic_fpn_evaluators
+from ..evaluation import build_evaluator
 from .checkpoint import AtomicDetectionCheckpointer
 from .sampler import ResumableTrainingSampler
 
-__all__ = ["PanopticFPNExtTrainer"]
+__all__ = ["PanopticFPNExtTrainer", "loss_terms_of"]
+
+# A loss term above this (finite) is reported in a divergence message as the start of it.
+HUGE_LOSS = 1e6
 
 
 class PanopticFPNExtTrainer(DefaultTrainer):
@@ -31,8 +36,10 @@ class PanopticFPNExtTrainer(DefaultTrainer):
       moment resumes from the last complete checkpoint;
     * the data order is saved with the checkpoint and continued by ``--resume``
       (:class:`ResumableTrainingSampler`);
-    * a non-finite loss stops training with an error naming the iteration and the loss terms,
-      raised before the optimizer step, so no checkpoint ever holds the diverged weights.
+    * a non-finite loss stops training, before the optimizer step, with an error naming the
+      iteration, every loss term and its value, the last checkpoint written (and whether its
+      weights are finite), and, when loss terms went above ``HUGE_LOSS`` earlier, the last
+      checkpoint written before that.
 
     * several CPU processes (``MODEL.DEVICE cpu`` with ``--num-gpus N``) train over Gloo:
       Detectron2's ``DefaultTrainer`` always gives DistributedDataParallel ``device_ids=[rank]``,
@@ -66,6 +73,7 @@ class PanopticFPNExtTrainer(DefaultTrainer):
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
+        self._first_huge_loss = None  # (iteration, {term: value}) of this run, see run_step
         self.register_hooks(self.build_hooks())
 
     def resume_or_load(self, resume: bool = True) -> None:
@@ -78,12 +86,48 @@ class PanopticFPNExtTrainer(DefaultTrainer):
         try:
             super().run_step()
         except FloatingPointError as e:
-            terms = re.findall(r"'(\w+)': [^,}]*(?:nan|inf)", str(e)) or ["(total)"]
-            raise FloatingPointError(
-                f"Training diverged at iteration {self.iter}: non-finite loss term(s) "
-                f"{', '.join(terms)}. Stopped before the optimizer step; the last checkpoint in "
-                f"{self.cfg.OUTPUT_DIR} is unaffected. Detectron2 reported: {e}"
-            ) from e
+            raise FloatingPointError(self._divergence_message(e)) from e
+        self._record_loss_peak()
+
+    def _record_loss_peak(self) -> None:
+        """Remember the first iteration whose largest loss term exceeded ``HUGE_LOSS``."""
+        if self._first_huge_loss is not None:
+            return
+        terms = {k: v for k, (v, _) in self.storage.latest().items() if k.startswith("loss_")}
+        huge = {k: v for k, v in terms.items() if abs(v) > HUGE_LOSS}
+        if huge:
+            self._first_huge_loss = (self.iter, huge)
+
+    def _divergence_message(self, error: FloatingPointError) -> str:
+        """Every loss term of the diverged iteration, and what the checkpoints written hold."""
+        terms = loss_terms_of(str(error))
+        bad = [f"{k} ({v})" for k, v in terms.items() if not math.isfinite(v)]
+        other = [f"{k} {v:.3g}" for k, v in terms.items() if math.isfinite(v)]
+        lines = [
+            f"Training diverged at iteration {self.iter}: non-finite loss term(s) "
+            f"{', '.join(bad) or '(total)'}; the other terms: {', '.join(other) or 'none'}. "
+            "Stopped before the optimizer step."
+        ]
+        saved = self.checkpointer.saved
+        if not saved:
+            lines.append(f"This run wrote no checkpoint to {self.cfg.OUTPUT_DIR}.")
+        else:
+            last = saved[-1]
+            lines.append(
+                f"Last checkpoint of this run: {last.path} (iteration {last.iteration}), "
+                f"weights {'all finite' if last.weights_finite else 'NOT all finite'}."
+            )
+        if self._first_huge_loss is not None:
+            at, huge = self._first_huge_loss
+            before = [c for c in saved if c.iteration is not None and c.iteration < at]
+            lines.append(
+                f"Loss terms above {HUGE_LOSS:.0e} first at iteration {at} "
+                f"({', '.join(f'{k} {v:.3g}' for k, v in huge.items())}): checkpoints from "
+                f"then on may hold diverging weights; the last one written before it: "
+                f"{before[-1].path if before else 'none in this run'}."
+            )
+        lines.append(f"Detectron2 reported: {error}")
+        return "\n".join(lines)
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -108,7 +152,24 @@ class PanopticFPNExtTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        return build_panoptic_fpn_evaluators(cfg, dataset_name, output_folder)
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+
+def loss_terms_of(message: str) -> Dict[str, float]:
+    """The ``loss_dict`` of Detectron2's "Loss became infinite or NaN" message, as floats.
+
+    Reads ``'name': value`` pairs whatever numpy's repr (``nan``, ``np.float64(inf)``,
+    ``1e+37``); an empty dict when the message has none.
+    """
+    _, _, loss_dict = message.partition("loss_dict =")
+    pairs = re.findall(r"'(\w+)': (?:np\.float\d+\()?([-+\w.]+)", loss_dict)
+    terms = {}
+    for name, value in pairs:
+        try:
+            terms[name] = float(value)
+        except ValueError:
+            continue
+    return terms
 
 
 def _ddp_device_kwargs(cfg) -> dict:

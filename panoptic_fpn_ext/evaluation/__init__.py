@@ -1,6 +1,11 @@
 """Panoptic evaluation: streaming PQ, prediction export, and the evaluators of train_net.py."""
 
-from .build import SemanticFromPanoptic, build_panoptic_fpn_evaluators, semantic_evaluation_dataset
+from .build import (
+    SemanticFromPanoptic,
+    build_evaluator,
+    build_panoptic_fpn_evaluators,
+    semantic_evaluation_dataset,
+)
 from .export import PanopticExporter, export_paths
 from .panoptic_evaluator import PanopticQualityEvaluator, read_panoptic_id_map
 from .pq import (
@@ -20,6 +25,7 @@ __all__ = [
     "PanopticQualityEvaluator",
     "Segments",
     "SemanticFromPanoptic",
+    "build_evaluator",
     "build_panoptic_fpn_evaluators",
     "export_paths",
     "image_pq_statistics",

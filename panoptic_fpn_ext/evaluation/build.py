@@ -17,11 +17,17 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
 
+from ..data.coco_panoptic import EVALUATOR_TYPE
 from ..data.dataset_mapper import semantic_from_panoptic
 from ..registration import register_dataset_once
 from .panoptic_evaluator import PanopticQualityEvaluator
 
-__all__ = ["SemanticFromPanoptic", "build_panoptic_fpn_evaluators", "semantic_evaluation_dataset"]
+__all__ = [
+    "SemanticFromPanoptic",
+    "build_evaluator",
+    "build_panoptic_fpn_evaluators",
+    "semantic_evaluation_dataset",
+]
 
 
 def _records_with_sem_seg_file_name(dataset_name: str) -> List[Dict[str, Any]]:
@@ -141,3 +147,30 @@ def build_panoptic_fpn_evaluators(
         view = semantic_evaluation_dataset(dataset_name, all_classes)
         evaluators.append(SemSegEvaluator(view, output_dir=output_dir, sem_seg_loading_fn=loader))
     return DatasetEvaluators(evaluators)
+
+
+def build_evaluator(
+    cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
+) -> DatasetEvaluators:
+    """``DefaultTrainer.build_evaluator`` for the plugin's datasets, by their ``evaluator_type``.
+
+    Every dataset of the plugin's format (its built-in ones and those registered with
+    ``register_coco_panoptic_dataset``) has ``evaluator_type`` "panoptic_fpn_ext"; for those this
+    is :func:`build_panoptic_fpn_evaluators`. One line in a ``DefaultTrainer`` subclass::
+
+        @classmethod
+        def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+            return panoptic_fpn_ext.build_evaluator(cfg, dataset_name, output_folder)
+
+    Raises:
+        ValueError: the dataset has another ``evaluator_type`` (an error rather than
+            ``NotImplementedError``, which ``DefaultTrainer.test`` would log and skip).
+    """
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
+    if evaluator_type != EVALUATOR_TYPE:
+        raise ValueError(
+            f"Dataset '{dataset_name}' has evaluator_type {evaluator_type!r}; "
+            f"panoptic_fpn_ext.build_evaluator evaluates datasets of type {EVALUATOR_TYPE!r} "
+            f"(the plugin's datasets and register_coco_panoptic_dataset's)"
+        )
+    return build_panoptic_fpn_evaluators(cfg, dataset_name, output_folder)

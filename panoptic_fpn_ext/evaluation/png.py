@@ -4,8 +4,9 @@ A COCO-panoptic PNG holds one segment id per pixel as an 8-bit color, ``id = R +
 (an alpha channel, if any, is ignored). The PQ evaluator never needs such an image whole:
 :func:`read_filtered_png` checks the PNG's chunks and inflates its data stream (zlib-ng), and
 :func:`joint_counts` undoes the PNG row filters one row at a time, in compiled code that releases
-the GIL (numba), and counts each pixel straight into a joint histogram. :func:`decode_rgba` gives
-the whole image where it is needed (predictions on a GPU, error messages).
+the GIL (numba, :mod:`.png_kernels`, loaded at the first call), and counts each pixel straight into
+a joint histogram. :func:`decode_rgba` gives the whole image where it is needed (predictions on a
+GPU, error messages).
 
 Only 8-bit RGB and RGBA PNGs without interlacing, the format of COCO's and Cityscapes' panoptic
 annotations, are read here; :func:`read_filtered_png` returns None for any other file, which is
@@ -16,7 +17,6 @@ import struct
 import zlib
 from typing import Dict, Iterator, NamedTuple, Optional, Tuple
 
-import numba
 import numpy as np
 from zlib_ng import zlib_ng
 
@@ -27,10 +27,6 @@ __all__ = ["FilteredPng", "decode_rgba", "joint_counts", "read_filtered_png"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Bytes per pixel of the color types read here (bit depth 8): RGB, RGBA.
 _CHANNELS: Dict[int, int] = {2: 3, 6: 4}
-# PNG filter types: None, Sub, Up, Average, Paeth.
-_NONE, _SUB, _UP, _AVERAGE = 0, 1, 2, 3
-# What _unfilter_and_count returns for a row or column out of the histogram.
-_OUT_OF_RANGE = -2
 
 
 class FilteredPng(NamedTuple):
@@ -121,95 +117,6 @@ def read_filtered_png(data: bytes, path: str) -> Optional[FilteredPng]:
     return FilteredPng(path, height, width, channels, np.frombuffer(rows, dtype=np.uint8))
 
 
-@numba.njit(nogil=True, cache=True)
-def _paeth(left: int, up: int, up_left: int) -> int:
-    """The PNG Paeth predictor of one byte."""
-    to_left, to_up = abs(up - up_left), abs(left - up_left)
-    to_up_left = abs(left + up - 2 * up_left)
-    if to_left <= to_up and to_left <= to_up_left:
-        return left
-    return up if to_up <= to_up_left else up_left
-
-
-@numba.njit(nogil=True, cache=True)
-def _unfilter_row(data, start, channels, row, previous) -> bool:
-    """Undo the filter of one row: ``data[start]`` is its filter type, the next ``len(row)``
-    bytes its filtered bytes; ``previous`` is the row above, unfiltered (zeros for the first).
-    Fills ``row`` (uint8); False for an unknown filter type."""
-    kind, filtered = data[start], data[start + 1 : start + 1 + len(row)]
-    if kind == _NONE:
-        row[:] = filtered
-    elif kind == _UP:
-        for i in range(len(row)):
-            row[i] = filtered[i] + previous[i]
-    elif kind > 4:
-        return False
-    else:
-        for i in range(channels):  # the first pixel: its left and upper-left bytes are 0
-            up = np.int32(previous[i])
-            row[i] = filtered[i] + (0 if kind == _SUB else up >> 1 if kind == _AVERAGE else up)
-        for i in range(channels, len(row)):
-            left = np.int32(row[i - channels])
-            if kind == _SUB:
-                predicted = left
-            elif kind == _AVERAGE:
-                predicted = (left + previous[i]) >> 1
-            elif previous[i] == previous[i - channels]:
-                predicted = left  # Paeth, where the two bytes above are equal (the common case)
-            else:
-                predicted = _paeth(left, np.int32(previous[i]), np.int32(previous[i - channels]))
-            row[i] = filtered[i] + predicted
-    return True
-
-
-@numba.njit(nogil=True, cache=True)
-def _unfilter_and_count(
-    data, height, width, channels, row_of_id, num_rows, columns, num_columns, counts
-):
-    """See :func:`joint_counts`; returns -1, the first row with an unknown filter type, or
-    _OUT_OF_RANGE."""
-    rows = np.zeros((2, width * channels), dtype=np.uint8)
-    key, run = 0, 0  # pixels are counted in runs of one key
-    for y in range(height):
-        row, previous = rows[y % 2], rows[1 - y % 2]
-        if not _unfilter_row(data, y * (1 + width * channels), channels, row, previous):
-            return y
-        last_id, base = -1, 0
-        for x in range(width):
-            j = x * channels
-            segment_id = np.int64(row[j]) | np.int64(row[j + 1]) << 8 | np.int64(row[j + 2]) << 16
-            if segment_id != last_id:
-                if row_of_id[segment_id] >= num_rows:
-                    return _OUT_OF_RANGE
-                last_id, base = segment_id, np.int64(row_of_id[segment_id]) * num_columns
-            column = np.int64(columns[y * width + x])
-            if column < 0 or column >= num_columns:
-                return _OUT_OF_RANGE
-            if base + column != key:
-                counts[key] += run
-                key, run = base + column, 0
-            run += 1
-    counts[key] += run
-    return -1
-
-
-@numba.njit(nogil=True, cache=True)
-def _unfilter_rgba(data, height, width, channels, words):
-    """See :func:`decode_rgba`; ``words`` is its output as uint32 (H, W). Returns -1, or the
-    first row with an unknown filter type."""
-    rows = np.zeros((2, width * channels), dtype=np.uint8)
-    for y in range(height):
-        row, previous = rows[y % 2], rows[1 - y % 2]
-        if not _unfilter_row(data, y * (1 + width * channels), channels, row, previous):
-            return y
-        for x in range(width):
-            j = x * channels
-            words[y, x] = (
-                np.uint32(row[j]) | np.uint32(row[j + 1]) << 8 | np.uint32(row[j + 2]) << 16
-            ) | np.uint32(0xFF000000)
-    return -1
-
-
 def _unknown_filter(png: FilteredPng, row: int) -> PanopticDataError:
     kind = png.data[row * (1 + png.width * png.channels)]
     return _error(png.path, f"row {row} has the unknown filter type {kind}")
@@ -237,8 +144,10 @@ def joint_counts(
             f"{len(row_of_id)} rows for 2^24 ids or {len(columns)} columns for "
             f"{png.height}x{png.width} pixels"
         )
+    from .png_kernels import OUT_OF_RANGE, unfilter_and_count  # compiled on first use
+
     counts = np.zeros(num_rows * num_columns, dtype=np.int64)
-    status = _unfilter_and_count(
+    status = unfilter_and_count(
         png.data,
         png.height,
         png.width,
@@ -249,7 +158,7 @@ def joint_counts(
         num_columns,
         counts,
     )
-    if status == _OUT_OF_RANGE:
+    if status == OUT_OF_RANGE:
         raise ValueError(
             f"{png.path}: a pixel's row (row_of_id) or column is out of the {num_rows}x"
             f"{num_columns} histogram"
@@ -265,8 +174,10 @@ def decode_rgba(png: FilteredPng) -> np.ndarray:
     Raises:
         PanopticDataError: a row has an unknown filter type.
     """
+    from .png_kernels import unfilter_rgba  # compiled on first use
+
     rgba = np.empty((png.height, png.width, 4), dtype=np.uint8)
-    bad_row = _unfilter_rgba(
+    bad_row = unfilter_rgba(
         png.data, png.height, png.width, png.channels, rgba.view("<u4")[..., 0]
     )
     if bad_row >= 0:

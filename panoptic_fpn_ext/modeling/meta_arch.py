@@ -1,6 +1,6 @@
 """The Panoptic FPN meta-architecture, registered as ``PanopticFPNExt``."""
 
-from typing import Callable, Dict, List, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from detectron2.config import CfgNode, configurable
@@ -10,7 +10,7 @@ from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_pos
 from detectron2.structures import ImageList, Instances
 
 from ..registration import register_once
-from .combiner import build_panoptic_combiner
+from .combiner import PanopticHeuristicCombiner, build_panoptic_combiner
 from .post_processing import paste_regions, semantic_labels
 
 __all__ = ["PanopticFPNExt"]
@@ -38,15 +38,26 @@ class PanopticFPNExt(PanopticFPN):
     """
 
     @configurable
-    def __init__(self, *, combiner: Callable, channels_last: bool = False, **kwargs):
+    def __init__(
+        self, *, combiner: Optional[Callable] = None, channels_last: bool = False, **kwargs
+    ):
         """
         Args:
             combiner: ``combiner(instances, semantic_labels, mask_boxes=...) -> (panoptic_seg,
-                segments_info)``, an entry of ``PANOPTIC_COMBINER_REGISTRY``.
+                segments_info)``, an entry of ``PANOPTIC_COMBINER_REGISTRY``; None: the
+                paper's ``PanopticHeuristicCombiner`` with Detectron2's ``combine_*``
+                thresholds (``combine_overlap_thresh`` 0.5, ``combine_stuff_area_thresh`` 4096,
+                ``combine_instances_score_thresh`` 0.5 unless given in ``kwargs``).
             channels_last: use the channels-last memory layout (see the class docstring).
             kwargs: arguments of Detectron2's ``PanopticFPN``.
         """
         super().__init__(**kwargs)
+        if combiner is None:
+            combiner = PanopticHeuristicCombiner(
+                overlap_threshold=self.combine_overlap_thresh,
+                stuff_area_limit=self.combine_stuff_area_thresh,
+                instances_score_threshold=self.combine_instances_score_thresh,
+            )
         self.combiner = combiner
         self.channels_last = channels_last
         if channels_last:
@@ -63,6 +74,25 @@ class PanopticFPNExt(PanopticFPN):
         ret["combiner"] = build_panoptic_combiner(cfg)
         ret["channels_last"] = cfg.MODEL.PANOPTIC_FPN_EXT.CHANNELS_LAST
         return ret
+
+    def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
+        """Detectron2's ``PanopticFPN.forward``: the loss dict in training, else ``inference``.
+
+        Raises:
+            ValueError: in training, an input without "sem_seg" (the semantic target), e.g. from
+                Detectron2's default ``DatasetMapper``, which makes none from panoptic records.
+        """
+        if self.training and any("sem_seg" not in x for x in batched_inputs):
+            raise ValueError(
+                "PanopticFPNExt: a training input has no 'sem_seg' target. The plugin's "
+                "panoptic datasets need panoptic_fpn_ext.PanopticDatasetMapper: in a "
+                "DefaultTrainer subclass, build_train_loader(cls, cfg) returns "
+                "build_detection_train_loader(cfg, mapper=PanopticDatasetMapper(cfg, "
+                "is_train=True)), and build_evaluator returns panoptic_fpn_ext.build_evaluator("
+                "cfg, dataset_name, output_folder) (README: 'Training with Detectron2's "
+                "DefaultTrainer')"
+            )
+        return super().forward(batched_inputs)
 
     def preprocess_image(self, batched_inputs: List[Dict[str, torch.Tensor]]) -> ImageList:
         """Detectron2's normalisation, padding and batching: float (B, 3, H, W), in channels-last
