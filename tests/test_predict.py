@@ -1,5 +1,6 @@
-"""The predict tool, run as users run it: ``python -m panoptic_fpn_ext.tools.predict`` in a
-subprocess whose working directory is outside the repository (a few checks call ``main``)."""
+"""The predict tool, run as users run it: ``python -m panoptic_fpn_ext.tools.predict`` from the
+installed wheel (``tests/installed.py``), in a subprocess whose working directory is outside the
+repository, with the config given by name (a few checks call ``main`` in this process)."""
 
 import json
 import os
@@ -13,14 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import panoptic_fpn_ext
 from panoptic_fpn_ext.data import rgb2id
 from panoptic_fpn_ext.tools import predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "quick_start", "panoptic_fpn_ext_R_18_shapes.yaml")
-# The package the tests import, so the subprocess runs the same code wherever it is installed.
-PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(panoptic_fpn_ext.__file__)))
+CONFIG_NAME = "quick_start/panoptic_fpn_ext_R_18_shapes.yaml"
+CONFIG = os.path.join(ROOT, "configs", CONFIG_NAME)
 # Small inputs and few detections keep a random-weights model fast on a CPU.
 TINY = [
     "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "32", "INPUT.MAX_SIZE_TEST", "48",
@@ -28,14 +27,22 @@ TINY = [
 ]  # fmt: skip
 
 
+_installed = {}
+
+
+@pytest.fixture(autouse=True)
+def _use_installed_wheel(installed_plugin):
+    """The subprocesses below run the wheel installed by ``installed_plugin``."""
+    _installed["plugin"] = installed_plugin
+
+
 def _command(*args, opts=()):
-    module = [sys.executable, "-m", "panoptic_fpn_ext.tools.predict", "--config-file", CONFIG]
+    module = [sys.executable, "-m", "panoptic_fpn_ext.tools.predict", "--config-file", CONFIG_NAME]
     return module + list(args) + ["--opts", *TINY, *opts]
 
 
 def _env():
-    path = os.pathsep.join(p for p in (PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p)
-    return dict(os.environ, PYTHONPATH=path)
+    return _installed["plugin"].env()
 
 
 def _run(cwd, *args, opts=()):

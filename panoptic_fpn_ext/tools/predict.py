@@ -59,6 +59,7 @@ from ..data import PanopticDataError, read_image_file
 from ..engine.weights import resolve_weights
 from ..evaluation import PanopticExporter
 from ..file_io import atomic_write
+from ..model_zoo import resolve_config_file
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Metadata the COCO-panoptic JSON needs (category ids and names).
@@ -153,7 +154,8 @@ def build_cfg(
     """The validated, frozen config of a prediction run.
 
     Args:
-        config_file: the YAML.
+        config_file: the YAML: a path, or the name of one of the plugin's configs
+            (``panoptic_fpn_ext.model_zoo``).
         opts: command-line ``KEY VALUE`` overrides.
         dataset: a registered dataset whose metadata names the classes (replaces DATASETS.TEST).
         confidence_threshold: sets MODEL.ROI_HEADS.SCORE_THRESH_TEST and
@@ -163,7 +165,7 @@ def build_cfg(
     """
     cfg = get_cfg()
     add_panoptic_fpn_ext_config(cfg)
-    merge_config_file(cfg, config_file)
+    merge_config_file(cfg, resolve_config_file(config_file))
     merge_config_list(cfg, opts)
     cfg.DATASETS.TRAIN = ()  # not used for prediction; its dataset may not be registered here
     if dataset is not None:
@@ -331,7 +333,13 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument(
+        "--config-file",
+        required=True,
+        metavar="FILE",
+        help="a config path, or the name of one of the plugin's configs "
+        "(e.g. COCO-PanopticSegmentation/panoptic_fpn_ext_R_50_1x.yaml)",
+    )
     parser.add_argument("--input", nargs="+", required=True, help="image files or folders")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--limit", type=int, default=None, help="at most this many images")
