@@ -81,36 +81,49 @@ def test_random_pngs_decode_to_their_pixels(shape, channels, kinds, levels, seed
     np.testing.assert_array_equal(decode_rgba(png), expected_rgba(pixels))
 
 
-@pytest.mark.parametrize("columns_dtype", [np.int32, np.int64])
-def test_joint_counts_count_every_pixel_once(columns_dtype):
+@pytest.mark.parametrize("pred_dtype", [np.int32, np.int64])
+def test_joint_counts_count_every_pixel_once(pred_dtype):
     rng = np.random.default_rng(5)
-    table = np.zeros(1 << 24, dtype=np.uint16)
+    row_of_id = np.zeros(1 << 24, dtype=np.uint16)
+    column_of_id = np.zeros(1 << 24, dtype=np.uint16)
+    # Predicted ids: small, 24-bit, and outside [0, 2^24) (counted in column 0).
+    pred_values = np.array([0, 3, 0xABCDEF, (1 << 24) - 1, -5, 1 << 24], dtype=pred_dtype)
+    column_of_id[pred_values[:4]] = [1, 2, 3, 1]
+    columns_of_values = np.array([1, 2, 3, 1, 0, 0])
     for channels in (3, 4):
         pixels, ids = segment_pixels(rng, 31, 23, channels)
         present = np.unique(ids)
-        table[present] = rng.integers(0, 6, len(present))
-        columns = rng.integers(0, 3, ids.size).astype(columns_dtype)
-        columns[: ids.size // 2] = 1  # runs of one key
-        counts = joint_counts(read(encode_png(pixels)), table, 6, columns, 3)
-        expected = np.bincount(table[ids.reshape(-1)] * 3 + columns, minlength=18)
+        row_of_id[present] = rng.integers(0, 6, len(present))
+        picks = rng.integers(0, len(pred_values), ids.size)
+        picks[: ids.size // 2] = 1  # runs of one key
+        counts = joint_counts(
+            read(encode_png(pixels)), row_of_id, 6, pred_values[picks], column_of_id, 4
+        )
+        expected = np.bincount(
+            row_of_id[ids.reshape(-1)] * 4 + columns_of_values[picks], minlength=24
+        )
         np.testing.assert_array_equal(counts, expected)
-        table[present] = 0
+        row_of_id[present] = 0
 
 
 def test_joint_counts_refuse_rows_and_columns_out_of_range():
     pixels, ids = segment_pixels(np.random.default_rng(6), 5, 4)
     png = read(encode_png(pixels))
-    table = np.zeros(1 << 24, dtype=np.uint16)
+    zeros = np.zeros(1 << 24, dtype=np.uint16)
+    table = zeros.copy()
     table[ids[2, 3]] = 2  # a third row, of two
-    for row_of_id, columns, message in [
-        (table, np.zeros(20, np.int32), "out of the 2x3 histogram"),
-        (np.zeros(1 << 24, np.uint16), np.full(20, 3, np.int64), "out of the 2x3 histogram"),
-        (np.zeros(1 << 24, np.uint16), np.full(20, -1, np.int32), "out of the 2x3 histogram"),
-        (np.zeros(1 << 16, np.uint16), np.zeros(20, np.int32), "65536 rows for 2"),
-        (np.zeros(1 << 24, np.uint16), np.zeros(19, np.int32), "19 columns for 5x4"),
+    columns = zeros.copy()
+    columns[9] = 3  # a fourth column, of three
+    pred = np.full(20, 9, np.int32)
+    for row_of_id, pred_ids, column_of_id, message in [
+        (table, np.zeros(20, np.int32), zeros, "out of the 2x3 histogram"),
+        (zeros, pred, columns, "out of the 2x3 histogram"),
+        (zeros[: 1 << 16], pred, zeros, "id tables of 65536 rows and 16777216 columns"),
+        (zeros, pred, zeros[:5], "id tables of 16777216 rows and 5 columns"),
+        (zeros, np.zeros(19, np.int32), zeros, "19 predicted ids for 5x4 pixels"),
     ]:
         with pytest.raises(ValueError, match=message):
-            joint_counts(png, row_of_id, 2, columns, 3)
+            joint_counts(png, row_of_id, 2, pred_ids, column_of_id, 3)
 
 
 def test_other_pngs_and_files_are_left_to_a_general_decoder():
@@ -161,6 +174,6 @@ def test_damaged_pngs_are_named(data, message):
     table = np.zeros(1 << 24, dtype=np.uint16)
     with pytest.raises(PanopticDataError, match=f"Cannot decode panoptic PNG {PATH}: .*{message}"):
         png = read_filtered_png(data, PATH)
-        joint_counts(png, table, 1, np.zeros(png.height * png.width, np.int32), 1)
+        joint_counts(png, table, 1, np.zeros(png.height * png.width, np.int32), table, 1)
     with pytest.raises(PanopticDataError, match=message):
         decode_rgba(read_filtered_png(data, PATH))

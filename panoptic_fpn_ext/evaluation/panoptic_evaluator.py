@@ -2,6 +2,7 @@
 
 import itertools
 import logging
+import os
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -19,17 +20,17 @@ from tabulate import tabulate
 from ..data.panoptic_io import PanopticDataError
 from .export import PanopticExporter
 from .png import FilteredPng, read_filtered_png
+from .id_index import ground_truth_ids
 from .pq import (
     PanopticPredictionError,
     PQStatistics,
-    ground_truth_ids,
     image_pq_statistics,
     pq_per_category,
     pq_summary,
     segments_from_info,
 )
 
-__all__ = ["PanopticQualityEvaluator", "read_panoptic_id_map"]
+__all__ = ["PanopticQualityEvaluator", "read_panoptic_id_map", "usable_cores"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def _read_ground_truth_png(path: str) -> Union[FilteredPng, np.ndarray]:
     Returns:
         the PNG inflated but not unfiltered (see :mod:`.png`) when it is 8-bit RGB or RGBA without
         interlacing, the format of COCO's and Cityscapes' panoptic annotations; otherwise its
-        pixels as uint8 (H, W, 4), C-contiguous: R, G, B and 255 (see :func:`.pq.rgba_ids`).
+        pixels as uint8 (H, W, 4), C-contiguous: R, G, B and 255 (see :func:`.id_index.rgba_ids`).
     Raises:
         FileNotFoundError: no such file.
         PanopticDataError: the file cannot be decoded, or is not 8-bit RGB/RGBA.
@@ -90,6 +91,14 @@ def read_panoptic_id_map(path: str) -> torch.Tensor:
     return ground_truth_ids(_read_ground_truth_png(path))
 
 
+def usable_cores() -> int:
+    """The number of CPU cores this process may run on (its affinity mask, as set by taskset or
+    a container's cpuset; all of the machine's where the platform has no affinity)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _listed(values: Sequence) -> str:
     values = list(values)
     more = f" and {len(values) - _MAX_LISTED} more" if len(values) > _MAX_LISTED else ""
@@ -99,7 +108,8 @@ def _listed(values: Sequence) -> str:
 class PanopticQualityEvaluator(DatasetEvaluator):
     """Panoptic quality (PQ, SQ, RQ) of a dataset, accumulated image by image.
 
-    For each image, ``process`` hands the work to a small pool of threads and returns: a thread
+    For each image, ``process`` hands the work to a pool of threads (one per usable core by
+    default) and returns: a thread
     reads the image's GT panoptic PNG (the dataset record's ``pan_seg_file_name``; nothing is
     written), compares it with the prediction on the prediction's device through one joint
     histogram, and the image's per-category TP/FP/FN counts and IoU sums are added to running
@@ -146,7 +156,7 @@ class PanopticQualityEvaluator(DatasetEvaluator):
         *,
         export_formats: Sequence[str] = (),
         distributed: bool = True,
-        num_threads: int = 2,
+        num_threads: int = 0,
     ):
         """
         Args:
@@ -157,10 +167,11 @@ class PanopticQualityEvaluator(DatasetEvaluator):
             export_formats: any of "coco", "cityscapes".
             distributed: gather the statistics of all processes in ``evaluate``; otherwise
                 evaluate what this process saw.
-            num_threads: threads that compute the per-image statistics (at least 1).
+            num_threads: threads that compute the per-image statistics; 0 for one per core this
+                process may use (:func:`usable_cores`).
         Raises:
             ValueError: two classes share a name, ``export_formats`` without ``output_dir``, or
-                ``num_threads`` < 1.
+                ``num_threads`` < 0.
         """
         self._dataset_name = dataset_name
         metadata = MetadataCatalog.get(dataset_name)
@@ -173,8 +184,10 @@ class PanopticQualityEvaluator(DatasetEvaluator):
                 f"Dataset {dataset_name}: class name(s) {repeated} appear more than once in "
                 "thing_classes + stuff_classes; per-class results need distinct names"
             )
-        if num_threads < 1:
-            raise ValueError(f"num_threads = {num_threads}; expected at least 1")
+        if num_threads < 0:
+            raise ValueError(
+                f"num_threads = {num_threads}; expected 0 (one per usable core) or more"
+            )
         self._isthing = np.arange(len(self._class_names)) < self._num_things
         self._records = {r["image_id"]: r for r in DatasetCatalog.get(dataset_name)}
         if export_formats and output_dir is None:
@@ -186,7 +199,7 @@ class PanopticQualityEvaluator(DatasetEvaluator):
             PanopticExporter(f, output_dir, dataset_name, metadata) for f in export_formats
         ]
         self._distributed = distributed
-        self._num_threads = num_threads
+        self._num_threads = num_threads or usable_cores()
         self._executor: Optional[ThreadPoolExecutor] = None
         self._pending: Deque[Future] = deque()
         self.reset()

@@ -4,8 +4,9 @@ A COCO-panoptic PNG holds one segment id per pixel as an 8-bit color, ``id = R +
 (an alpha channel, if any, is ignored). The PQ evaluator never needs such an image whole:
 :func:`read_filtered_png` checks the PNG's chunks and inflates its data stream (zlib-ng), and
 :func:`joint_counts` undoes the PNG row filters one row at a time, in compiled code that releases
-the GIL (numba), and counts each pixel straight into a joint histogram. :func:`decode_rgba` gives
-the whole image where it is needed (predictions on a GPU, error messages).
+the GIL (numba, see :mod:`.jit`), and counts each pixel straight into a joint histogram with the
+predicted id of the same pixel. :func:`decode_rgba` gives the whole image where it is needed
+(predictions on a GPU, error messages).
 
 Only 8-bit RGB and RGBA PNGs without interlacing, the format of COCO's and Cityscapes' panoptic
 annotations, are read here; :func:`read_filtered_png` returns None for any other file, which is
@@ -16,11 +17,11 @@ import struct
 import zlib
 from typing import Dict, Iterator, NamedTuple, Optional, Tuple
 
-import numba
 import numpy as np
 from zlib_ng import zlib_ng
 
 from ..data.panoptic_io import PanopticDataError
+from .jit import jit
 
 __all__ = ["FilteredPng", "decode_rgba", "joint_counts", "read_filtered_png"]
 
@@ -31,6 +32,8 @@ _CHANNELS: Dict[int, int] = {2: 3, 6: 4}
 _NONE, _SUB, _UP, _AVERAGE = 0, 1, 2, 3
 # What _unfilter_and_count returns for a row or column out of the histogram.
 _OUT_OF_RANGE = -2
+# Number of 24-bit segment ids, and so the length of an id table.
+_NUM_IDS = 1 << 24
 
 
 class FilteredPng(NamedTuple):
@@ -121,7 +124,7 @@ def read_filtered_png(data: bytes, path: str) -> Optional[FilteredPng]:
     return FilteredPng(path, height, width, channels, np.frombuffer(rows, dtype=np.uint8))
 
 
-@numba.njit(nogil=True, cache=True)
+@jit
 def _paeth(left: int, up: int, up_left: int) -> int:
     """The PNG Paeth predictor of one byte."""
     to_left, to_up = abs(up - up_left), abs(left - up_left)
@@ -131,7 +134,7 @@ def _paeth(left: int, up: int, up_left: int) -> int:
     return up if to_up <= to_up_left else up_left
 
 
-@numba.njit(nogil=True, cache=True)
+@jit
 def _unfilter_row(data, start, channels, row, previous) -> bool:
     """Undo the filter of one row: ``data[start]`` is its filter type, the next ``len(row)``
     bytes its filtered bytes; ``previous`` is the row above, unfiltered (zeros for the first).
@@ -162,9 +165,9 @@ def _unfilter_row(data, start, channels, row, previous) -> bool:
     return True
 
 
-@numba.njit(nogil=True, cache=True)
+@jit
 def _unfilter_and_count(
-    data, height, width, channels, row_of_id, num_rows, columns, num_columns, counts
+    data, height, width, channels, row_of_id, num_rows, pred_ids, column_of_id, num_columns, counts
 ):
     """See :func:`joint_counts`; returns -1, the first row with an unknown filter type, or
     _OUT_OF_RANGE."""
@@ -174,7 +177,7 @@ def _unfilter_and_count(
         row, previous = rows[y % 2], rows[1 - y % 2]
         if not _unfilter_row(data, y * (1 + width * channels), channels, row, previous):
             return y
-        last_id, base = -1, 0
+        last_id, base, last_pred, column = -1, 0, -1, 0
         for x in range(width):
             j = x * channels
             segment_id = np.int64(row[j]) | np.int64(row[j + 1]) << 8 | np.int64(row[j + 2]) << 16
@@ -182,9 +185,12 @@ def _unfilter_and_count(
                 if row_of_id[segment_id] >= num_rows:
                     return _OUT_OF_RANGE
                 last_id, base = segment_id, np.int64(row_of_id[segment_id]) * num_columns
-            column = np.int64(columns[y * width + x])
-            if column < 0 or column >= num_columns:
-                return _OUT_OF_RANGE
+            pred_id = np.int64(pred_ids[y * width + x])
+            if pred_id != last_pred:
+                last_pred = pred_id
+                column = np.int64(column_of_id[pred_id]) if 0 <= pred_id < _NUM_IDS else 0
+                if column >= num_columns:
+                    return _OUT_OF_RANGE
             if base + column != key:
                 counts[key] += run
                 key, run = base + column, 0
@@ -193,7 +199,7 @@ def _unfilter_and_count(
     return -1
 
 
-@numba.njit(nogil=True, cache=True)
+@jit
 def _unfilter_rgba(data, height, width, channels, words):
     """See :func:`decode_rgba`; ``words`` is its output as uint32 (H, W). Returns -1, or the
     first row with an unknown filter type."""
@@ -216,27 +222,37 @@ def _unknown_filter(png: FilteredPng, row: int) -> PanopticDataError:
 
 
 def joint_counts(
-    png: FilteredPng, row_of_id: np.ndarray, num_rows: int, columns: np.ndarray, num_columns: int
+    png: FilteredPng,
+    row_of_id: np.ndarray,
+    num_rows: int,
+    pred_ids: np.ndarray,
+    column_of_id: np.ndarray,
+    num_columns: int,
 ) -> np.ndarray:
-    """Pixel counts of every (GT row, column) pair of a panoptic PNG and a column map.
+    """Pixel counts of every (GT row, predicted column) pair of a panoptic PNG and a predicted id
+    map, looked up in one table per side.
 
     Args:
         png: the GT, whose pixel ``(y, x)`` has segment id ``s``.
         row_of_id: uint16 (2^24,), the histogram row of each segment id, in [0, num_rows).
-        columns: int32 or int64 (H * W,), the histogram column of each pixel, in
-            [0, num_columns).
+        pred_ids: int32 or int64 (H * W,), the predicted segment id ``p`` of each pixel
+            ``y * W + x``.
+        column_of_id: uint16 (2^24,), the histogram column of each predicted id, in
+            [0, num_columns); ids outside [0, 2^24) are counted in column 0.
     Returns:
-        int64 (num_rows * num_columns,): entry
-        ``row_of_id[s] * num_columns + columns[y * W + x]`` counts such pixels.
+        int64 (num_rows * num_columns,): entry ``row_of_id[s] * num_columns + column_of_id[p]``
+        counts such pixels.
     Raises:
         PanopticDataError: a row has an unknown filter type.
-        ValueError: ``row_of_id`` or ``columns`` has the wrong length, or a value out of range.
+        ValueError: a table or ``pred_ids`` has the wrong length, or a table a value out of range.
     """
-    if len(row_of_id) != 1 << 24 or len(columns) != png.height * png.width:
+    if len(row_of_id) != _NUM_IDS or len(column_of_id) != _NUM_IDS:
         raise ValueError(
-            f"{len(row_of_id)} rows for 2^24 ids or {len(columns)} columns for "
-            f"{png.height}x{png.width} pixels"
+            f"id tables of {len(row_of_id)} rows and {len(column_of_id)} columns; expected one "
+            "entry for each of the 2^24 ids"
         )
+    if len(pred_ids) != png.height * png.width:
+        raise ValueError(f"{len(pred_ids)} predicted ids for {png.height}x{png.width} pixels")
     counts = np.zeros(num_rows * num_columns, dtype=np.int64)
     status = _unfilter_and_count(
         png.data,
@@ -245,14 +261,15 @@ def joint_counts(
         png.channels,
         row_of_id,
         num_rows,
-        columns,
+        pred_ids,
+        column_of_id,
         num_columns,
         counts,
     )
     if status == _OUT_OF_RANGE:
         raise ValueError(
-            f"{png.path}: a pixel's row (row_of_id) or column is out of the {num_rows}x"
-            f"{num_columns} histogram"
+            f"{png.path}: a pixel's row (row_of_id) or column (column_of_id) is out of the "
+            f"{num_rows}x{num_columns} histogram"
         )
     if status >= 0:
         raise _unknown_filter(png, status)
@@ -260,7 +277,7 @@ def joint_counts(
 
 
 def decode_rgba(png: FilteredPng) -> np.ndarray:
-    """The image's pixels as uint8 (H, W, 4): R, G, B and 255 (see :func:`.pq.rgba_ids`).
+    """The image's pixels as uint8 (H, W, 4): R, G, B and 255 (see :func:`.id_index.rgba_ids`).
 
     Raises:
         PanopticDataError: a row has an unknown filter type.
