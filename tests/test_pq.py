@@ -33,7 +33,7 @@ from panoptic_fpn_ext.evaluation import (
     segments_from_info,
 )
 from panoptic_fpn_ext.evaluation import counting
-from panoptic_fpn_ext.evaluation.id_index import MAX_SEGMENT_ID, id_tables, segment_index_map
+from panoptic_fpn_ext.evaluation.id_index import MAX_SEGMENT_ID, segment_index_map
 from panoptic_fpn_ext.evaluation.png import read_filtered_png
 
 PERSON, CAR, DOG, BIKE, ROAD, SKY, GRASS, WALL = range(8)  # category indices of CATEGORIES
@@ -287,11 +287,6 @@ def each_route_statistics(image: PanopticImage, gt_map, pred_map, pred_segments,
     return fast, general
 
 
-def tables_are_clean() -> bool:
-    """The calling thread's id tables are all zeros (as they must be between images)."""
-    return not (id_tables.gt.table.any() or id_tables.pred.table.any())
-
-
 def renumbered(image: PanopticImage, rng: np.random.Generator, kind: str):
     """The prediction with ids 1..K ("small"), 40000.. ("large") or random 24-bit ones."""
     old = [s["id"] for s in image.pred_segments]
@@ -326,7 +321,6 @@ def test_cpu_route_gives_the_general_route_statistics(size, monkeypatch):
             )
             for ours, theirs in zip(vars(fast).values(), vars(general).values()):
                 assert torch.equal(ours, theirs)
-    assert tables_are_clean()
 
 
 def test_cpu_route_falls_back_for_histograms_over_max_bins(monkeypatch):
@@ -398,7 +392,6 @@ def test_cpu_route_errors_name_the_ids():
             image_pq_statistics(
                 rgba(simple_image().gt_ids), gt, torch.as_tensor(pred_ids), pred, 8, "image 5"
             )
-    assert tables_are_clean()
 
 
 # --- bad inputs ----------------------------------------------------------------------------

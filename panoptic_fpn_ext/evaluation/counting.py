@@ -2,10 +2,10 @@
 
 Every PQ statistic of an image follows from this histogram (see :mod:`.pq`). On the CPU it is
 counted in one pass over the pixels by compiled code that releases the GIL (numba, see
-:mod:`.jit`), so that the evaluator's threads count in parallel: each pixel's GT id and predicted
-id are looked up in the thread's two id tables (:class:`.id_index.IdTables`), one load per side
-whatever the ids' values (1..K or any 24-bit ones), and consecutive pixels of one pair are counted
-as one run. A GT PNG is counted as it is unfiltered, row by row (:func:`.png.joint_counts`); a GT
+:mod:`.jit`), so that the evaluator's threads count in parallel: a GT id and a predicted id are
+looked up in a small hash table of the image's ids (:mod:`.id_table`) only where they differ from
+the previous pixel's, whatever their values (1..K or any 24-bit ones), and consecutive pixels of
+one pair are counted as one run. A GT PNG is counted as it is unfiltered, row by row (:func:`.png.joint_counts`); a GT
 id map or RGBA pixels by :func:`_count_id_pairs`. Predictions on another device, and images with
 too many pairs of segments for the CPU route (see :data:`MAX_BINS`), are counted by torch from
 index maps (:func:`.id_index.segment_index_map`, :func:`.id_index.joint_histogram`).
@@ -19,13 +19,12 @@ import torch
 from .id_index import (
     MAX_SEGMENT_ID,
     GroundTruth,
-    IdTables,
     ground_truth_ids,
-    id_tables,
     joint_histogram,
     rgba_ids,
     segment_index_map,
 )
+from .id_table import build_id_table, find_index
 from .jit import jit
 from .png import FilteredPng, joint_counts
 
@@ -33,41 +32,31 @@ __all__ = ["MAX_BINS", "cpu_joint_histogram", "image_joint_histogram"]
 
 # The CPU route counts into (Kg + 2) x (Kp + 2) int64 bins per thread: at most this many (32 MiB).
 MAX_BINS = 1 << 22
+# Unsigned constants for the kernel's indices (an int64 would turn uint64 arithmetic to float).
+_U0 = np.uint64(0)
 
 
 @jit
-def _row_base(value, is_rgba, row_of_id, num_columns):
-    """``row * num_columns`` of a GT id map value: the low 24 bits of an RGBA word, or the id."""
-    segment_id = value & MAX_SEGMENT_ID if is_rgba else value
-    if 0 <= segment_id <= MAX_SEGMENT_ID:
-        return np.int64(row_of_id[segment_id]) * num_columns
-    return np.int64(0)
-
-
-@jit
-def _column(pred_id, column_of_id):
-    """The column of a predicted id; 0 (unlisted) outside [0, MAX_SEGMENT_ID]."""
-    if 0 <= pred_id <= MAX_SEGMENT_ID:
-        return np.int64(column_of_id[pred_id])
-    return np.int64(0)
-
-
-@jit
-def _count_id_pairs(gt_values, is_rgba, pred_ids, row_of_id, column_of_id, num_columns, counts):
-    """Add 1 to ``counts[row * num_columns + column]`` for each pixel (see :func:`_row_base` and
-    :func:`_column`); the arrays are (H * W,), ``counts`` int64 (rows * num_columns,)."""
-    if len(gt_values) == 0:
-        return
-    last_gt, last_pred = np.int64(gt_values[0]), np.int64(pred_ids[0])
-    base = _row_base(last_gt, is_rgba, row_of_id, num_columns)
-    column = _column(last_pred, column_of_id)
-    key, run = base + column, 0  # pixels are counted in runs of one key
-    for i in range(len(gt_values)):
-        gt_value, pred_id = np.int64(gt_values[i]), np.int64(pred_ids[i])
+def _count_id_pairs(gt_values, is_rgba, pred_map, gt_ids, pred_ids, counts):
+    """See :func:`cpu_joint_histogram`: ``gt_values`` and ``pred_map`` are (H * W,), an RGBA
+    word's id its low 24 bits; ``counts`` is int64 ((Kg + 2) * (Kp + 2),). Indices are uint64
+    (see :func:`.png._unfilter_ids`)."""
+    gt_keys, gt_indices, gt_shift = build_id_table(gt_ids)
+    pred_keys, pred_indices, pred_shift = build_id_table(pred_ids)
+    gt_unlisted, pred_unlisted = len(gt_ids) + 1, len(pred_ids) + 1
+    num_columns = np.uint64(len(pred_ids) + 2)
+    last_gt, base, last_pred, column = np.int64(0), _U0, np.int64(0), _U0  # void, void
+    key, run = _U0, 0  # pixels are counted in runs of one key
+    for i in range(np.uint64(len(gt_values))):
+        gt_value, pred_id = np.int64(gt_values[i]), np.int64(pred_map[i])
+        if is_rgba:
+            gt_value &= MAX_SEGMENT_ID
         if gt_value != last_gt:
-            last_gt, base = gt_value, _row_base(gt_value, is_rgba, row_of_id, num_columns)
+            row = find_index(gt_keys, gt_indices, gt_shift, gt_value, gt_unlisted)
+            last_gt, base = gt_value, np.uint64(row) * num_columns
         if pred_id != last_pred:
-            last_pred, column = pred_id, _column(pred_id, column_of_id)
+            index = find_index(pred_keys, pred_indices, pred_shift, pred_id, pred_unlisted)
+            last_pred, column = pred_id, np.uint64(index)
         if base + column != key:
             counts[key] += run
             key, run = base + column, 0
@@ -82,41 +71,27 @@ def cpu_joint_histogram(
     pred_ids: torch.Tensor,
 ) -> Optional[np.ndarray]:
     """The :func:`.id_index.joint_histogram` of the two maps' segment indices, counted on the CPU
-    through the thread's id tables, without index maps.
+    in one pass over the pixels, without index maps.
 
     Args:
         gt_id_map: the GT, on the CPU (see :data:`.id_index.GroundTruth`).
         gt_ids, pred_ids: int64 (Kg,), (Kp,), the ids of each side's segments_info.
         pred_id_map: int32 or int64 (H, W), on the CPU.
     Returns:
-        int64 (Kg + 2, Kp + 2), as :func:`.id_index.joint_histogram`; None when a side has more
-        than ``IdTables.MAX_SEGMENTS`` segments or the histogram more than MAX_BINS entries.
+        int64 (Kg + 2, Kp + 2), as :func:`.id_index.joint_histogram`; None when that has more
+        than MAX_BINS entries.
     """
-    num_rows, num_columns = len(gt_ids) + 2, len(pred_ids) + 2
-    if max(num_rows, num_columns) - 2 > IdTables.MAX_SEGMENTS or num_rows * num_columns > MAX_BINS:
+    gt_ids, pred_ids = gt_ids.numpy(), pred_ids.numpy()
+    if (len(gt_ids) + 2) * (len(pred_ids) + 2) > MAX_BINS:
         return None
-    pred_flat = pred_id_map.reshape(-1).numpy()
-    with id_tables.filled(gt_ids.numpy(), pred_ids.numpy()) as (row_of_id, column_of_id):
-        if isinstance(gt_id_map, FilteredPng):
-            counts = joint_counts(
-                gt_id_map, row_of_id, num_rows, pred_flat, column_of_id, num_columns
-            )
-        else:
-            counts = np.zeros(num_rows * num_columns, dtype=np.int64)
-            is_rgba = not isinstance(gt_id_map, torch.Tensor)
-            gt_values = rgba_ids(gt_id_map) if is_rgba else gt_id_map.numpy()
-            _count_id_pairs(
-                gt_values.reshape(-1),
-                is_rgba,
-                pred_flat,
-                row_of_id,
-                column_of_id,
-                num_columns,
-                counts,
-            )
-    # The tables' rows and columns are: unlisted ids, void, the listed ids; the histogram's are
-    # void, the listed ids, unlisted ids.
-    return np.roll(counts.reshape(num_rows, num_columns), (-1, -1), axis=(0, 1))
+    pred_map = pred_id_map.reshape(-1).numpy()
+    if isinstance(gt_id_map, FilteredPng):
+        return joint_counts(gt_id_map, gt_ids, pred_map, pred_ids)
+    counts = np.zeros((len(gt_ids) + 2) * (len(pred_ids) + 2), dtype=np.int64)
+    is_rgba = not isinstance(gt_id_map, torch.Tensor)
+    gt_values = rgba_ids(gt_id_map) if is_rgba else gt_id_map.numpy()
+    _count_id_pairs(gt_values.reshape(-1), is_rgba, pred_map, gt_ids, pred_ids, counts)
+    return counts.reshape(len(gt_ids) + 2, len(pred_ids) + 2)
 
 
 def image_joint_histogram(

@@ -7,15 +7,11 @@ its segment in ``segments_info`` (0 for void, the last index for ids not listed)
 * on any device, :func:`segment_index_map` builds an index map with torch, which
   :func:`joint_histogram` counts (the route for predictions on a GPU, and for images whose
   histogram does not fit the CPU route);
-* on the CPU, :class:`IdTables` gives each thread two tables of one entry per 24-bit id, one for
-  each side, that compiled code reads pixel by pixel (see :mod:`.counting`): one load per pixel
-  whatever the ids' values.
+* on the CPU, compiled code looks ids up in a small hash table per image instead, while it counts
+  (see :mod:`.id_table` and :mod:`.counting`).
 """
 
-import contextlib
-import mmap
-import threading
-from typing import Iterator, Optional, Tuple, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -26,9 +22,7 @@ from .png import FilteredPng, decode_rgba
 __all__ = [
     "MAX_SEGMENT_ID",
     "GroundTruth",
-    "IdTables",
     "ground_truth_ids",
-    "id_tables",
     "joint_histogram",
     "rgba_ids",
     "segment_index_map",
@@ -149,60 +143,3 @@ def ground_truth_ids(gt_id_map: GroundTruth) -> torch.Tensor:
     if isinstance(gt_id_map, FilteredPng):
         gt_id_map = decode_rgba(gt_id_map)
     return torch.from_numpy(rgba_ids(gt_id_map) & MAX_SEGMENT_ID)
-
-
-class _IdTable:
-    """One uint16 per 24-bit segment id, zero except while an image is looked up.
-
-    The 32 MiB are an anonymous private memory map: a page that was never written reads as zero
-    without being backed, and :meth:`filled` gives the written pages back after each image, so
-    the resident memory is a few pages (those of the image's ids), whatever the ids and the number
-    of images.
-    """
-
-    def __init__(self):
-        size = 2 * (MAX_SEGMENT_ID + 1)
-        if hasattr(mmap, "MAP_PRIVATE"):
-            self.memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
-        else:  # Windows: no flags, no madvise
-            self.memory = mmap.mmap(-1, size)
-        self.table = np.frombuffer(self.memory, dtype=np.uint16)
-
-    @contextlib.contextmanager
-    def filled(self, segment_ids: np.ndarray) -> Iterator[np.ndarray]:
-        """The table with 1 at void, ``k + 2`` at ``segment_ids[k]`` and 0 elsewhere (ids not
-        listed), while the block runs; cleared and its pages given back after.
-
-        Args:
-            segment_ids: int64 (K,), distinct ids in [1, MAX_SEGMENT_ID], K <= 2^16 - 2.
-        """
-        known = np.concatenate([[VOID_ID], segment_ids])
-        self.table[known] = np.arange(1, len(known) + 1, dtype=np.uint16)
-        try:
-            yield self.table
-        finally:
-            self.table[known] = 0
-            if hasattr(self.memory, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-                self.memory.madvise(mmap.MADV_DONTNEED)
-
-
-class IdTables(threading.local):
-    """The id tables of the GT and of the prediction, one pair per thread (see :class:`_IdTable`):
-    ``row_of_id`` and ``column_of_id``, uint16 (2^24,) each."""
-
-    # The largest number of segments per side: entries 0 (unlisted), 1 (void), k + 2 < 2^16.
-    MAX_SEGMENTS = (1 << 16) - 2
-
-    def __init__(self):
-        self.gt, self.pred = _IdTable(), _IdTable()
-
-    @contextlib.contextmanager
-    def filled(
-        self, gt_ids: np.ndarray, pred_ids: np.ndarray
-    ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-        """(row_of_id, column_of_id) filled for one image (see :meth:`_IdTable.filled`)."""
-        with self.gt.filled(gt_ids) as row_of_id, self.pred.filled(pred_ids) as column_of_id:
-            yield row_of_id, column_of_id
-
-
-id_tables = IdTables()

@@ -5,7 +5,7 @@ A COCO-panoptic PNG holds one segment id per pixel as an 8-bit color, ``id = R +
 :func:`read_filtered_png` checks the PNG's chunks and inflates its data stream (zlib-ng), and
 :func:`joint_counts` undoes the PNG row filters one row at a time, in compiled code that releases
 the GIL (numba, see :mod:`.jit`), and counts each pixel straight into a joint histogram with the
-predicted id of the same pixel. :func:`decode_rgba` gives the whole image where it is needed
+predicted id of the same pixel (ids to segment indices: :mod:`.id_table`). :func:`decode_rgba` gives the whole image where it is needed
 (predictions on a GPU, error messages).
 
 Only 8-bit RGB and RGBA PNGs without interlacing, the format of COCO's and Cityscapes' panoptic
@@ -21,6 +21,7 @@ import numpy as np
 from zlib_ng import zlib_ng
 
 from ..data.panoptic_io import PanopticDataError
+from .id_table import build_id_table, find_index
 from .jit import jit
 
 __all__ = ["FilteredPng", "decode_rgba", "joint_counts", "read_filtered_png"]
@@ -30,10 +31,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CHANNELS: Dict[int, int] = {2: 3, 6: 4}
 # PNG filter types: None, Sub, Up, Average, Paeth.
 _NONE, _SUB, _UP, _AVERAGE = 0, 1, 2, 3
-# What _unfilter_and_count returns for a row or column out of the histogram.
-_OUT_OF_RANGE = -2
-# Number of 24-bit segment ids, and so the length of an id table.
-_NUM_IDS = 1 << 24
+# Unsigned constants for the kernels' indices (an int64 would turn uint64 arithmetic to float).
+_U0, _U1, _U2 = np.uint64(0), np.uint64(1), np.uint64(2)
 
 
 class FilteredPng(NamedTuple):
@@ -124,8 +123,24 @@ def read_filtered_png(data: bytes, path: str) -> Optional[FilteredPng]:
     return FilteredPng(path, height, width, channels, np.frombuffer(rows, dtype=np.uint8))
 
 
+# Bytewise arithmetic on the 3 color bytes of a pixel held in one integer (R + 256 G + 256² B).
+_LOW_7_BITS, _HIGH_BIT, _HIGH_7_BITS = 0x7F7F7F, 0x808080, 0xFEFEFE
+
+
 @jit
-def _paeth(left: int, up: int, up_left: int) -> int:
+def _add_bytes(a, b):
+    """Bytewise sum modulo 256 of two pixels' color bytes."""
+    return ((a & _LOW_7_BITS) + (b & _LOW_7_BITS)) ^ ((a ^ b) & _HIGH_BIT)
+
+
+@jit
+def _average_bytes(a, b):
+    """Bytewise ``(a + b) >> 1`` (without overflow) of two pixels' color bytes."""
+    return (a & b) + (((a ^ b) & _HIGH_7_BITS) >> 1)
+
+
+@jit
+def _paeth(left, up, up_left):
     """The PNG Paeth predictor of one byte."""
     to_left, to_up = abs(up - up_left), abs(left - up_left)
     to_up_left = abs(left + up - 2 * up_left)
@@ -135,62 +150,79 @@ def _paeth(left: int, up: int, up_left: int) -> int:
 
 
 @jit
-def _unfilter_row(data, start, channels, row, previous) -> bool:
-    """Undo the filter of one row: ``data[start]`` is its filter type, the next ``len(row)``
-    bytes its filtered bytes; ``previous`` is the row above, unfiltered (zeros for the first).
-    Fills ``row`` (uint8); False for an unknown filter type."""
-    kind, filtered = data[start], data[start + 1 : start + 1 + len(row)]
-    if kind == _NONE:
-        row[:] = filtered
-    elif kind == _UP:
-        for i in range(len(row)):
-            row[i] = filtered[i] + previous[i]
-    elif kind > 4:
+def _paeth_bytes(left, up, up_left):
+    """The Paeth predictor of a pixel's color bytes."""
+    if up == up_left:  # every byte above equals the one above-left: each predicts its left one
+        return left
+    predicted = 0
+    for shift in range(0, 24, 8):
+        byte = _paeth((left >> shift) & 255, (up >> shift) & 255, (up_left >> shift) & 255)
+        predicted |= byte << shift
+    return predicted
+
+
+@jit
+def _unfilter_ids(data, start, channels, ids, previous) -> bool:
+    """Undo the filter of one row, for the color bytes of its pixels only (a filter never mixes
+    channels, so an alpha channel is skipped): ``data[start]`` is the row's filter type, the next
+    ``len(ids) * channels`` bytes its filtered pixels; ``previous`` holds the ids of the row
+    above (zeros for the first). Fills ``ids`` (int32 (W,)) with ``R + 256 G + 256² B`` of each
+    pixel; False for an unknown filter type. ``start`` and ``channels`` are uint64: unsigned
+    indices spare numba's check for negative ones, which would keep the loop from vectorising."""
+    kind = data[start]
+    if kind > 4:
         return False
-    else:
-        for i in range(channels):  # the first pixel: its left and upper-left bytes are 0
-            up = np.int32(previous[i])
-            row[i] = filtered[i] + (0 if kind == _SUB else up >> 1 if kind == _AVERAGE else up)
-        for i in range(channels, len(row)):
-            left = np.int32(row[i - channels])
-            if kind == _SUB:
-                predicted = left
-            elif kind == _AVERAGE:
-                predicted = (left + previous[i]) >> 1
-            elif previous[i] == previous[i - channels]:
-                predicted = left  # Paeth, where the two bytes above are equal (the common case)
-            else:
-                predicted = _paeth(left, np.int32(previous[i]), np.int32(previous[i - channels]))
-            row[i] = filtered[i] + predicted
+    left, up_left = np.int64(0), np.int64(0)  # the bytes left of the first pixel are 0
+    position = start + _U1
+    for x in range(np.uint64(len(ids))):
+        filtered = (
+            np.int64(data[position])
+            | np.int64(data[position + _U1]) << 8
+            | np.int64(data[position + _U2]) << 16
+        )
+        position += channels
+        up = np.int64(previous[x])
+        if kind == _NONE:
+            value = filtered
+        elif kind == _SUB:
+            value = _add_bytes(filtered, left)
+        elif kind == _UP:
+            value = _add_bytes(filtered, up)
+        elif kind == _AVERAGE:
+            value = _add_bytes(filtered, _average_bytes(left, up))
+        else:
+            value = _add_bytes(filtered, _paeth_bytes(left, up, up_left))
+        ids[x] = value
+        left, up_left = value, up
     return True
 
 
 @jit
-def _unfilter_and_count(
-    data, height, width, channels, row_of_id, num_rows, pred_ids, column_of_id, num_columns, counts
-):
-    """See :func:`joint_counts`; returns -1, the first row with an unknown filter type, or
-    _OUT_OF_RANGE."""
-    rows = np.zeros((2, width * channels), dtype=np.uint8)
-    key, run = 0, 0  # pixels are counted in runs of one key
-    for y in range(height):
-        row, previous = rows[y % 2], rows[1 - y % 2]
-        if not _unfilter_row(data, y * (1 + width * channels), channels, row, previous):
-            return y
-        last_id, base, last_pred, column = -1, 0, -1, 0
+def _unfilter_and_count(data, height, width, channels, gt_ids, pred_map, pred_ids, counts):
+    """See :func:`joint_counts`; returns -1, or the first row with an unknown filter type.
+    Indices are uint64 (see :func:`_unfilter_ids`)."""
+    gt_keys, gt_indices, gt_shift = build_id_table(gt_ids)
+    pred_keys, pred_indices, pred_shift = build_id_table(pred_ids)
+    gt_unlisted, pred_unlisted = len(gt_ids) + 1, len(pred_ids) + 1
+    width, channels = np.uint64(width), np.uint64(channels)
+    num_columns = np.uint64(len(pred_ids) + 2)
+    ids, previous = np.zeros(width, dtype=np.int32), np.zeros(width, dtype=np.int32)
+    key, run = _U0, 0  # pixels are counted in runs of one key
+    for y in range(np.uint64(height)):
+        ids, previous = previous, ids
+        if not _unfilter_ids(data, y * (_U1 + width * channels), channels, ids, previous):
+            return np.int64(y)
+        last_id, base, last_pred, column = np.int64(-1), _U0, np.int64(-1), _U0
+        offset = y * width
         for x in range(width):
-            j = x * channels
-            segment_id = np.int64(row[j]) | np.int64(row[j + 1]) << 8 | np.int64(row[j + 2]) << 16
+            segment_id = np.int64(ids[x])
             if segment_id != last_id:
-                if row_of_id[segment_id] >= num_rows:
-                    return _OUT_OF_RANGE
-                last_id, base = segment_id, np.int64(row_of_id[segment_id]) * num_columns
-            pred_id = np.int64(pred_ids[y * width + x])
+                row = find_index(gt_keys, gt_indices, gt_shift, segment_id, gt_unlisted)
+                last_id, base = segment_id, np.uint64(row) * num_columns
+            pred_id = np.int64(pred_map[offset + x])
             if pred_id != last_pred:
-                last_pred = pred_id
-                column = np.int64(column_of_id[pred_id]) if 0 <= pred_id < _NUM_IDS else 0
-                if column >= num_columns:
-                    return _OUT_OF_RANGE
+                index = find_index(pred_keys, pred_indices, pred_shift, pred_id, pred_unlisted)
+                last_pred, column = pred_id, np.uint64(index)
             if base + column != key:
                 counts[key] += run
                 key, run = base + column, 0
@@ -201,18 +233,18 @@ def _unfilter_and_count(
 
 @jit
 def _unfilter_rgba(data, height, width, channels, words):
-    """See :func:`decode_rgba`; ``words`` is its output as uint32 (H, W). Returns -1, or the
+    """See :func:`decode_rgba`; ``words`` is its output as int32 (H, W). Returns -1, or the
     first row with an unknown filter type."""
-    rows = np.zeros((2, width * channels), dtype=np.uint8)
-    for y in range(height):
-        row, previous = rows[y % 2], rows[1 - y % 2]
-        if not _unfilter_row(data, y * (1 + width * channels), channels, row, previous):
-            return y
+    width, channels = np.uint64(width), np.uint64(channels)
+    previous = np.zeros(width, dtype=np.int32)
+    for y in range(np.uint64(height)):
+        if not _unfilter_ids(data, y * (_U1 + width * channels), channels, words[y], previous):
+            return np.int64(y)
+        previous = words[y]
+    alpha = np.int32(-(1 << 24))  # 255 << 24 as int32
+    for y in range(np.uint64(height)):
         for x in range(width):
-            j = x * channels
-            words[y, x] = (
-                np.uint32(row[j]) | np.uint32(row[j + 1]) << 8 | np.uint32(row[j + 2]) << 16
-            ) | np.uint32(0xFF000000)
+            words[y, x] |= alpha
     return -1
 
 
@@ -222,58 +254,33 @@ def _unknown_filter(png: FilteredPng, row: int) -> PanopticDataError:
 
 
 def joint_counts(
-    png: FilteredPng,
-    row_of_id: np.ndarray,
-    num_rows: int,
-    pred_ids: np.ndarray,
-    column_of_id: np.ndarray,
-    num_columns: int,
+    png: FilteredPng, gt_ids: np.ndarray, pred_map: np.ndarray, pred_ids: np.ndarray
 ) -> np.ndarray:
-    """Pixel counts of every (GT row, predicted column) pair of a panoptic PNG and a predicted id
-    map, looked up in one table per side.
+    """Pixel counts of every (GT segment, predicted segment) pair of a panoptic PNG and a
+    predicted id map.
 
     Args:
-        png: the GT, whose pixel ``(y, x)`` has segment id ``s``.
-        row_of_id: uint16 (2^24,), the histogram row of each segment id, in [0, num_rows).
-        pred_ids: int32 or int64 (H * W,), the predicted segment id ``p`` of each pixel
-            ``y * W + x``.
-        column_of_id: uint16 (2^24,), the histogram column of each predicted id, in
-            [0, num_columns); ids outside [0, 2^24) are counted in column 0.
+        png: the GT.
+        gt_ids: int64 (Kg,), the GT segment ids (distinct, not 0).
+        pred_map: int32 or int64 (H * W,), the predicted segment id of each pixel ``y * W + x``.
+        pred_ids: int64 (Kp,), the predicted segment ids (distinct, not 0).
     Returns:
-        int64 (num_rows * num_columns,): entry ``row_of_id[s] * num_columns + column_of_id[p]``
-        counts such pixels.
+        int64 (Kg + 2, Kp + 2): entry [i, j] counts the pixels of GT index i and predicted index
+        j, where index 0 is void (id 0), ``k + 1`` the id ``ids[k]``, and the last index any
+        other id.
     Raises:
         PanopticDataError: a row has an unknown filter type.
-        ValueError: a table or ``pred_ids`` has the wrong length, or a table a value out of range.
+        ValueError: ``pred_map`` has the wrong length.
     """
-    if len(row_of_id) != _NUM_IDS or len(column_of_id) != _NUM_IDS:
-        raise ValueError(
-            f"id tables of {len(row_of_id)} rows and {len(column_of_id)} columns; expected one "
-            "entry for each of the 2^24 ids"
-        )
-    if len(pred_ids) != png.height * png.width:
-        raise ValueError(f"{len(pred_ids)} predicted ids for {png.height}x{png.width} pixels")
-    counts = np.zeros(num_rows * num_columns, dtype=np.int64)
-    status = _unfilter_and_count(
-        png.data,
-        png.height,
-        png.width,
-        png.channels,
-        row_of_id,
-        num_rows,
-        pred_ids,
-        column_of_id,
-        num_columns,
-        counts,
+    if len(pred_map) != png.height * png.width:
+        raise ValueError(f"{len(pred_map)} predicted ids for {png.height}x{png.width} pixels")
+    counts = np.zeros((len(gt_ids) + 2) * (len(pred_ids) + 2), dtype=np.int64)
+    bad_row = _unfilter_and_count(
+        png.data, png.height, png.width, png.channels, gt_ids, pred_map, pred_ids, counts
     )
-    if status == _OUT_OF_RANGE:
-        raise ValueError(
-            f"{png.path}: a pixel's row (row_of_id) or column (column_of_id) is out of the "
-            f"{num_rows}x{num_columns} histogram"
-        )
-    if status >= 0:
-        raise _unknown_filter(png, status)
-    return counts
+    if bad_row >= 0:
+        raise _unknown_filter(png, bad_row)
+    return counts.reshape(len(gt_ids) + 2, len(pred_ids) + 2)
 
 
 def decode_rgba(png: FilteredPng) -> np.ndarray:
@@ -284,7 +291,7 @@ def decode_rgba(png: FilteredPng) -> np.ndarray:
     """
     rgba = np.empty((png.height, png.width, 4), dtype=np.uint8)
     bad_row = _unfilter_rgba(
-        png.data, png.height, png.width, png.channels, rgba.view("<u4")[..., 0]
+        png.data, png.height, png.width, png.channels, rgba.view("<i4")[..., 0]
     )
     if bad_row >= 0:
         raise _unknown_filter(png, bad_row)
