@@ -29,5 +29,5 @@ setup(
         "cityscapesscripts>=2.2",
         "tqdm",
     ],
-    extras_require={"dev": ["pytest", "hypothesis", "hotcoco"]},
+    extras_require={"dev": ["pytest", "hypothesis", "hotcoco", "panopticapi-lite"]},
 )

@@ -1,5 +1,6 @@
-"""PQ statistics: every rule of the reference definition, checked against cityscapesscripts'
-implementation (panopticapi's algorithm) to 1e-9, plus bad inputs and random maps."""
+"""PQ statistics: every rule of the reference definition, checked to 1e-9 against panopticapi's
+pq_compute (the reference implementation), cityscapesscripts' (the same algorithm) and hotcoco's,
+plus bad inputs and random maps."""
 
 import re
 
@@ -14,6 +15,7 @@ from png_files import encode_png
 from panoptic_eval_cases import (
     ISTHING,
     NUM_CATEGORIES,
+    REFERENCES,
     NUM_STUFF,
     NUM_THINGS,
     PanopticImage,
@@ -173,10 +175,12 @@ RULE_CASES = {
 }
 
 
+@pytest.mark.parametrize("reference", REFERENCES)
 @pytest.mark.parametrize("name", sorted(RULE_CASES))
-def test_rule_matches_reference(name, tmp_path):
+def test_rule_matches_reference(name, reference, tmp_path):
     images = RULE_CASES[name]
-    assert_matches_reference(our_statistics(images), reference_pq(str(tmp_path), images))
+    expected = reference_pq(str(tmp_path), images, implementation=reference)
+    assert_matches_reference(our_statistics(images), expected)
 
 
 def test_iou_must_exceed_one_half():
@@ -223,13 +227,14 @@ def test_categories_without_segments_are_left_out_of_the_means():
     assert np.isnan(per_category["pq"][PERSON]) and per_category["pq"][ROAD] == 0.0
 
 
-def test_all_rules_over_several_images_match_the_reference_process_pool(tmp_path):
+@pytest.mark.parametrize("reference", ["panopticapi", "cityscapesscripts"])
+def test_all_rules_over_several_images_match_the_reference_process_pool(reference, tmp_path):
     images = [image for case in RULE_CASES.values() for image in case]
     images = [
         PanopticImage(k, i.gt_ids, i.gt_segments, i.pred_ids, i.pred_segments)
         for k, i in enumerate(images)
     ]
-    expected = reference_pq(str(tmp_path), images, multi_core=True)
+    expected = reference_pq(str(tmp_path), images, multi_core=True, implementation=reference)
     assert_matches_reference(our_statistics(images), expected)
     assert expected["All"]["n"] == NUM_CATEGORIES  # every category is exercised
 
@@ -538,7 +543,9 @@ def segment_index(seg):
     return seg["category_id"] if seg["isthing"] else NUM_THINGS + seg["category_id"] - 1
 
 
-def test_many_random_images_match_reference(tmp_path):
+@pytest.mark.parametrize("reference", REFERENCES)
+def test_many_random_images_match_reference(reference, tmp_path):
     rng = np.random.default_rng(1)
     images = [random_image(rng, image_id) for image_id in range(40)]
-    assert_matches_reference(our_statistics(images), reference_pq(str(tmp_path), images))
+    expected = reference_pq(str(tmp_path), images, implementation=reference)
+    assert_matches_reference(our_statistics(images), expected)

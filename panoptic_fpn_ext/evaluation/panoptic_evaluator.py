@@ -204,6 +204,11 @@ class PanopticQualityEvaluator(DatasetEvaluator):
         self._pending: Deque[Future] = deque()
         self.reset()
 
+    @property
+    def num_threads(self) -> int:
+        """The number of threads that compute the per-image statistics."""
+        return self._num_threads
+
     def reset(self) -> None:
         """Forget every image processed so far (waiting for, and dropping, unfinished ones)."""
         self._stop_threads(keep_results=False)
