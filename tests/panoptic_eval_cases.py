@@ -120,7 +120,10 @@ def write_panoptic(root: str, stem: str, images: Sequence[PanopticImage], side: 
 
 # The reference implementations, by name.
 REFERENCES = ("panopticapi", "cityscapesscripts", "hotcoco")
-_PYTHON_REFERENCES = {"panopticapi": panopticapi.evaluation, "cityscapesscripts": cityscapes_reference}
+_PYTHON_REFERENCES = {
+    "panopticapi": panopticapi.evaluation,
+    "cityscapesscripts": cityscapes_reference,
+}
 
 
 def reference_pq(

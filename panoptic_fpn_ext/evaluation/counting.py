@@ -1,13 +1,13 @@
 """The joint histogram of an image: pixel counts of every (GT segment, predicted segment) pair.
 
 Every PQ statistic of an image follows from this histogram (see :mod:`.pq`). On the CPU it is
-counted in one pass over the pixels by compiled code that releases the GIL (numba, see
-:mod:`.jit`), so that the evaluator's threads count in parallel: a GT id and a predicted id are
-looked up in a small hash table of the image's ids (:mod:`.id_table`) only where they differ from
-the previous pixel's, whatever their values (1..K or any 24-bit ones), and consecutive pixels of
-one pair are counted as one run. A GT PNG is counted as it is unfiltered, row by row (:func:`.png.joint_counts`); a GT
-id map or RGBA pixels by :func:`_count_id_pairs`. Predictions on another device, and images with
-too many pairs of segments for the CPU route (see :data:`MAX_BINS`), are counted by torch from
+counted in one pass over the pixels by compiled code that releases the GIL (numba, see :mod:`.jit`),
+so that the evaluator's threads count in parallel: a GT id and a predicted id are looked up in a
+small hash table of the image's ids (:mod:`.id_table`) only where they differ from the previous
+pixel's, whatever their values (1..K or any 24-bit ones), and consecutive pixels of one pair are
+counted as one run. A GT PNG is counted as it is unfiltered, row by row (:func:`.png.joint_counts`);
+a GT id map or RGBA pixels by :func:`_count_id_pairs`. Predictions on another device, and images
+with too many pairs of segments for the CPU route (see :data:`MAX_BINS`), are counted by torch from
 index maps (:func:`.id_index.segment_index_map`, :func:`.id_index.joint_histogram`).
 """
 

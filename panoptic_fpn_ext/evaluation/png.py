@@ -5,12 +5,12 @@ A COCO-panoptic PNG holds one segment id per pixel as an 8-bit color, ``id = R +
 :func:`read_filtered_png` checks the PNG's chunks and inflates its data stream (zlib-ng), and
 :func:`joint_counts` undoes the PNG row filters one row at a time, in compiled code that releases
 the GIL (numba, see :mod:`.jit`), and counts each pixel straight into a joint histogram with the
-predicted id of the same pixel (ids to segment indices: :mod:`.id_table`). :func:`decode_rgba` gives the whole image where it is needed
-(predictions on a GPU, error messages).
+predicted id of the same pixel (ids to segment indices: :mod:`.id_table`). :func:`decode_rgba` gives
+the whole image where it is needed (predictions on a GPU, error messages).
 
 Only 8-bit RGB and RGBA PNGs without interlacing, the format of COCO's and Cityscapes' panoptic
-annotations, are read here; :func:`read_filtered_png` returns None for any other file, which is
-then left to a general decoder.
+annotations, are read here; :func:`read_filtered_png` returns None for any other file, which is then
+left to a general decoder.
 """
 
 import struct

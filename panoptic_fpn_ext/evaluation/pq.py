@@ -178,9 +178,9 @@ def image_pq_statistics(
     Args:
         gt_id_map: the GT segment id per pixel (0 = void): an integer tensor (H, W), moved to
             ``pred_id_map``'s device; or the COCO-panoptic PNG's pixels as a uint8 RGBA numpy
-            array (H, W, 4), C-contiguous, ``id = R + 256 G + 256² B`` (alpha ignored; fastest
-            with alpha 255, see :func:`.id_index.rgba_ids`); or that PNG, inflated but not unfiltered
-            (:class:`.png.FilteredPng`; fastest with predictions on the CPU).
+            array (H, W, 4), C-contiguous, ``id = R + 256 G + 256² B`` (alpha ignored); or
+            that PNG, inflated but not unfiltered (:class:`.png.FilteredPng`; fastest with
+            predictions on the CPU).
         gt: the GT segments.
         pred_id_map: integer (H, W), predicted segment id per pixel (0 = void).
         pred: the predicted segments.
