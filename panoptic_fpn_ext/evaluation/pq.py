@@ -35,6 +35,7 @@ import torch
 
 from .counting import image_joint_histogram
 from .id_index import GroundTruth
+from .jit import jit
 from .segments import (
     PanopticPredictionError,
     Segments,
@@ -100,13 +101,48 @@ class PQStatistics:
         return PQStatistics(self.tp.cpu(), self.fp.cpu(), self.fn.cpu(), self.iou_sum.cpu())
 
 
+@jit
+def _add_image_counts(counts, gt_categories, gt_crowd, pred_categories, tp, fp, fn, iou_sum):
+    """The rules above, on one image's joint histogram ``counts`` (int64 (Kg + 2, Kp + 2): row
+    and column 0 void, then the segments); adds its TP, FP, FN and IoU sums to the (C,) arrays."""
+    num_gt, num_pred = len(gt_categories), len(pred_categories)
+    gt_area, pred_area = np.zeros(num_gt, np.int64), np.zeros(num_pred, np.int64)
+    for g in range(num_gt):
+        for p in range(num_pred + 1):
+            gt_area[g] += counts[g + 1, p]
+    for p in range(num_pred):
+        for g in range(num_gt + 1):
+            pred_area[p] += counts[g, p + 1]
+    gt_matched, pred_matched = np.zeros(num_gt, np.bool_), np.zeros(num_pred, np.bool_)
+    for g in range(num_gt):
+        for p in range(num_pred):
+            if gt_crowd[g] or gt_categories[g] != pred_categories[p]:
+                continue
+            intersection = counts[g + 1, p + 1]
+            # The union leaves out the predicted pixels on GT void.
+            union = gt_area[g] + pred_area[p] - intersection - counts[0, p + 1]
+            if 2 * intersection > union:  # IoU > 0.5: a match, unique on both sides
+                gt_matched[g], pred_matched[p] = True, True
+                tp[gt_categories[g]] += 1
+                iou_sum[gt_categories[g]] += intersection / union
+    last_crowd = np.full(len(tp), -1, np.int64)  # the last crowd GT segment of each category
+    for g in range(num_gt):
+        if gt_crowd[g]:
+            last_crowd[gt_categories[g]] = g
+        elif not gt_matched[g]:
+            fn[gt_categories[g]] += 1
+    for p in range(num_pred):
+        crowd = last_crowd[pred_categories[p]]
+        ignored = counts[0, p + 1] + (counts[crowd + 1, p + 1] if crowd >= 0 else 0)
+        if not pred_matched[p] and 2 * ignored <= pred_area[p]:
+            fp[pred_categories[p]] += 1
+
+
 def image_statistics(
     histogram: Union[torch.Tensor, np.ndarray], gt: Segments, pred: Segments, num_categories: int
 ) -> PQStatistics:
-    """PQ statistics of one image from its joint histogram.
-
-    The rules run on the CPU, in numpy: a few operations on (Kg, Kp) matrices, where numpy's
-    per-operation cost is well below torch's.
+    """PQ statistics of one image from its joint histogram (compiled code that releases the GIL:
+    :func:`_add_image_counts`).
 
     Args:
         histogram: int64 (Kg + 2, Kp + 2), the joint histogram (see :mod:`.counting`), checked by
@@ -117,39 +153,15 @@ def image_statistics(
     Returns:
         this image's statistics, on the CPU.
     """
-    num_gt, num_pred = len(gt.ids), len(pred.ids)
-    gt_categories, gt_crowd = gt.categories.cpu().numpy(), gt.iscrowd.cpu().numpy()
-    pred_categories = pred.categories.cpu().numpy()
-    counts = host_array(histogram)[: num_gt + 1, : num_pred + 1]
-    gt_area = counts[1:].sum(1)  # (Kg,)
-    pred_area = counts[:, 1:].sum(0)  # (Kp,)
-    pred_on_void = counts[0, 1:]  # (Kp,) pixels of each predicted segment on GT void
-    intersection = counts[1:, 1:]  # (Kg, Kp)
-    union = pred_area + gt_area[:, None] - intersection - pred_on_void  # >= gt_area > 0
-    same_category = gt_categories[:, None] == pred_categories
-    matched = same_category & ~gt_crowd[:, None] & (2 * intersection > union)
-    iou = np.where(matched, intersection / union, 0.0)  # float64
-    gt_matched, pred_matched = matched.any(1), matched.any(0)
-
-    # Index of the last crowd GT segment of each category; num_gt (a zero row below) when none.
-    crowd = np.flatnonzero(gt_crowd)
-    last_crowd = np.full(num_categories, -1, dtype=np.int64)
-    np.maximum.at(last_crowd, gt_categories[crowd], crowd)
-    last_crowd[last_crowd < 0] = num_gt
-    with_zero_row = np.concatenate([intersection, np.zeros((1, num_pred), intersection.dtype)])
-    on_crowd = with_zero_row[last_crowd[pred_categories], np.arange(num_pred)]
-    ignored = 2 * (pred_on_void + on_crowd) > pred_area
-
-    def per_category(categories: np.ndarray, values: np.ndarray) -> torch.Tensor:
-        total = np.bincount(categories, weights=values, minlength=num_categories)
-        return torch.from_numpy(total if values.dtype == np.float64 else total.astype(np.int64))
-
-    return PQStatistics(
-        tp=per_category(gt_categories, gt_matched),
-        fp=per_category(pred_categories, ~pred_matched & ~ignored),
-        fn=per_category(gt_categories, ~gt_matched & ~gt_crowd),
-        iou_sum=per_category(gt_categories, iou.sum(1)),
+    statistics = PQStatistics.zeros(num_categories)
+    _add_image_counts(
+        np.ascontiguousarray(host_array(histogram)),
+        gt.categories.cpu().numpy(),
+        gt.iscrowd.cpu().numpy(),
+        pred.categories.cpu().numpy(),
+        *(x.numpy() for x in (statistics.tp, statistics.fp, statistics.fn, statistics.iou_sum)),
     )
+    return statistics
 
 
 def _integer_id_map(id_map: torch.Tensor, describe: str) -> torch.Tensor:
