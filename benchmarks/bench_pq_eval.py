@@ -483,7 +483,7 @@ def report_lines(figures: Dict, n: int) -> Dict[str, str]:
     decoding = figures["decoding"]
     lines["decoding"] = (
         "Reading and decoding the GT PNGs alone, on one thread: OpenCV (libpng) "
-        f"{1e3 * decoding['opencv']:.2f} ms per image; the plugin's reader (zlib-ng inflate, then "
+        f"{1e3 * decoding['opencv']:.2f} ms per image; the plugin's reader (ISA-L inflate, then "
         f"row unfiltering compiled by numba) {1e3 * decoding['plugin']:.2f} ms, "
         f"{decoding['opencv'] / decoding['plugin']:.1f}x faster. With predictions on the CPU the "
         "evaluator does not even decode the whole image: it counts each GT row into the joint "

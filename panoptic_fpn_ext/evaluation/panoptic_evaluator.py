@@ -117,7 +117,7 @@ class PanopticQualityEvaluator(DatasetEvaluator):
     so results do not depend on thread timing. At most ``2 * num_threads`` predictions wait at any
     time; with a model on a GPU, the GT decoding overlaps the next batch's inference. The threads
     spend their time in calls that release the GIL: with predictions on the CPU, the GT PNG is
-    inflated (zlib-ng) and then unfiltered row by row in compiled code (numba) that looks each
+    inflated (ISA-L) and then unfiltered row by row in compiled code (numba) that looks each
     pixel up in a per-thread table of all 24-bit ids and counts it into the histogram, without
     decoding the whole image (see :mod:`.png` and :func:`.pq.image_pq_statistics`).
     Memory is a few arrays of one entry per category, whatever the number of images, plus each

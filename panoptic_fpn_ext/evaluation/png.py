@@ -2,7 +2,7 @@
 
 A COCO-panoptic PNG holds one segment id per pixel as an 8-bit color, ``id = R + 256 G + 256² B``
 (an alpha channel, if any, is ignored). The PQ evaluator never needs such an image whole:
-:func:`read_filtered_png` checks the PNG's chunks and inflates its data stream (zlib-ng), and
+:func:`read_filtered_png` checks the PNG's chunks and inflates its data stream (ISA-L), and
 :func:`joint_counts` undoes the PNG row filters one row at a time, in compiled code that releases
 the GIL (numba, see :mod:`.jit`), and counts each pixel straight into a joint histogram with the
 predicted id of the same pixel (ids to segment indices: :mod:`.id_table`). :func:`decode_rgba` gives
@@ -18,7 +18,7 @@ import zlib
 from typing import Dict, Iterator, NamedTuple, Optional, Tuple
 
 import numpy as np
-from zlib_ng import zlib_ng
+from isal import isal_zlib
 
 from ..data.panoptic_io import PanopticDataError
 from .id_table import build_id_table, find_index
@@ -113,8 +113,8 @@ def read_filtered_png(data: bytes, path: str) -> Optional[FilteredPng]:
     channels = _CHANNELS[color_type]
     size = height * (1 + width * channels)
     try:
-        rows = zlib_ng.decompress(image_data, bufsize=size)
-    except zlib_ng.error as e:
+        rows = isal_zlib.decompress(image_data, bufsize=size)
+    except isal_zlib.error as e:
         raise _error(path, f"its image data is corrupt ({e})") from e
     if len(rows) != size:
         raise _error(
