@@ -108,18 +108,20 @@ def _listed(values: Sequence) -> str:
 class PanopticQualityEvaluator(DatasetEvaluator):
     """Panoptic quality (PQ, SQ, RQ) of a dataset, accumulated image by image.
 
-    For each image, ``process`` hands the work to a pool of threads (one per usable core by
-    default) and returns: a thread
-    reads the image's GT panoptic PNG (the dataset record's ``pan_seg_file_name``; nothing is
-    written), compares it with the prediction on the prediction's device through one joint
-    histogram, and the image's per-category TP/FP/FN counts and IoU sums are added to running
-    totals (see :mod:`.pq` for the definition, the reference one) in the order the images came,
-    so results do not depend on thread timing. At most ``2 * num_threads`` predictions wait at any
-    time; with a model on a GPU, the GT decoding overlaps the next batch's inference. The threads
-    spend their time in calls that release the GIL: with predictions on the CPU, the GT PNG is
-    inflated (ISA-L) and then unfiltered row by row in compiled code (numba) that looks each
-    pixel up in a per-thread table of all 24-bit ids and counts it into the histogram, without
-    decoding the whole image (see :mod:`.png` and :func:`.pq.image_pq_statistics`).
+    For each image, ``process`` hands the work to a pool of threads (by default one per core this
+    process may use) and returns: a thread reads the image's GT panoptic PNG (the dataset record's
+    ``pan_seg_file_name``; nothing is written), compares it with the prediction on the
+    prediction's device through one joint histogram, and the image's per-category TP/FP/FN counts
+    and IoU sums are added to running totals (see :mod:`.pq` for the definition, the reference
+    one) in the order the images came, so results do not depend on thread timing. At most
+    ``2 * num_threads`` predictions wait at any time; with a model on a GPU, the GT decoding
+    overlaps the next batch's inference. The threads spend their time in calls that release the
+    GIL, so that they run in parallel: with predictions on the CPU, the GT PNG is inflated
+    (ISA-L), then unfiltered row by row in compiled code (numba) that counts each pixel's pair of
+    GT and predicted segments into the histogram, without decoding the whole image, whatever the
+    segment ids' values (see :mod:`.png` and :mod:`.counting`); the PQ rules then read the
+    histogram, also in compiled code. The main thread only queues images and adds each image's
+    per-category arrays to the totals.
     Memory is a few arrays of one entry per category, whatever the number of images, plus each
     thread's buffers for one image.
 
