@@ -357,8 +357,9 @@ def test_cpu_route_falls_back_for_histograms_over_max_bins(monkeypatch):
                 assert torch.equal(ours, theirs)
 
 
-def test_png_route_falls_back_for_more_gt_segments_than_its_table_holds(monkeypatch):
-    """65536 GT segments + void + unlisted ids need more rows than 16-bit table entries."""
+def test_png_route_counts_more_segments_than_16_bit_indices_hold(monkeypatch):
+    """65536 GT segments: with void and unlisted ids, 65538 histogram rows, counted on the CPU
+    route as on the general one."""
     gt_ids = np.arange(1, 65537).reshape(256, 256)
     pred_ids = np.ones_like(gt_ids)
     pred_ids[:, 128:] = 2
@@ -369,8 +370,13 @@ def test_png_route_falls_back_for_more_gt_segments_than_its_table_holds(monkeypa
         pred_ids,
         [segment(1, PERSON), segment(2, CAR)],
     )
+    gt = segments_from_info(image.gt_segments, NUM_THINGS, NUM_STUFF, "gt", PanopticDataError)
+    pred = segments_from_info(image.pred_segments, NUM_THINGS, NUM_STUFF, "pred")
+    pred_map = torch.as_tensor(pred_ids)
+    histogram = counting.cpu_joint_histogram(png(gt_ids), gt.ids, pred_map, pred.ids)
+    assert histogram.shape == (65538, 4) and histogram[1:-1, 1:-1].sum() == gt_ids.size
     fast, general = each_route_statistics(
-        image, png(gt_ids), torch.as_tensor(pred_ids), image.pred_segments, monkeypatch
+        image, png(gt_ids), pred_map, image.pred_segments, monkeypatch
     )
     assert int(fast.fn.sum()) == 65536
     for ours, theirs in zip(vars(fast).values(), vars(general).values()):
