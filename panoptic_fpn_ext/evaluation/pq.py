@@ -19,8 +19,8 @@ implemented by panopticapi's ``pq_compute`` and cityscapesscripts' ``evalPanopti
 
 Since IoU > 0.5 pairs are unique on both sides, every statistic of an image follows from one joint
 histogram of (GT segment, predicted segment) pixel counts. This module holds the rules, applied to
-that histogram; the histogram is counted in :mod:`.counting` (ids to indices: :mod:`.id_index`),
-the segments are validated in :mod:`.segments`.
+that histogram; the histogram is counted in :mod:`.counting` (ids to indices: :mod:`.id_table` on
+the CPU, :mod:`.id_index` on other devices), the segments are validated in :mod:`.segments`.
 
 Categories: the plugin's contiguous ids are per kind (things 0..T-1; stuff 1..S, 0 being the
 semantic "things" label). Here both kinds share one axis, the *category index*: thing ``c`` is
