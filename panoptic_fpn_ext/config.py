@@ -69,6 +69,9 @@ def add_panoptic_fpn_ext_config(cfg: CN) -> None:
     cfg.PANOPTIC_FPN_EXT.EVAL.INSTANCE_AP = True
     # Also run Detectron2's SemSegEvaluator (mIoU over stuff classes + "things").
     cfg.PANOPTIC_FPN_EXT.EVAL.SEMANTIC_MIOU = True
+    # Threads of the PQ evaluator, each counting whole images; 0 = one per CPU core the process
+    # may use (its affinity mask: taskset, a container's cpuset).
+    cfg.PANOPTIC_FPN_EXT.EVAL.NUM_THREADS = 0
 
 
 def merge_config_file(cfg: CN, path: str) -> None:

@@ -1,7 +1,9 @@
 """Panoptic evaluation test data: GT/prediction id maps, their files, the reference PQ.
 
-The reference is cityscapesscripts' ``evalPanopticSemanticLabeling`` (panopticapi's algorithm). It
-reads COCO-panoptic files, so every case is written as GT and prediction JSON + PNG folders.
+Three references, each reading COCO-panoptic files (every case is written as GT and prediction
+JSON + PNG folders): COCO's ``panopticapi.evaluation`` (the reference implementation, which
+Detectron2's COCOPanopticEvaluator calls), cityscapesscripts' ``evalPanopticSemanticLabeling``
+(the same algorithm) and hotcoco's ``pq_compute`` (a Rust reimplementation).
 """
 
 import contextlib
@@ -13,7 +15,9 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
-from cityscapesscripts.evaluation import evalPanopticSemanticLabeling as reference
+import panopticapi.evaluation
+from cityscapesscripts.evaluation import evalPanopticSemanticLabeling as cityscapes_reference
+from hotcoco.panoptic import pq_compute as hotcoco_pq_compute
 from PIL import Image
 
 from panoptic_fpn_ext.data import id2rgb, panoptic_metadata_from_categories
@@ -114,25 +118,49 @@ def write_panoptic(root: str, stem: str, images: Sequence[PanopticImage], side: 
     return path
 
 
-def reference_pq(root: str, images: Sequence[PanopticImage], multi_core: bool = False) -> Dict:
+# The reference implementations, by name.
+REFERENCES = ("panopticapi", "cityscapesscripts", "hotcoco")
+_PYTHON_REFERENCES = {
+    "panopticapi": panopticapi.evaluation,
+    "cityscapesscripts": cityscapes_reference,
+}
+
+
+def reference_pq(
+    root: str,
+    images: Sequence[PanopticImage],
+    multi_core: bool = False,
+    implementation: str = "cityscapesscripts",
+) -> Dict:
     """The reference results of a case: {"All"/"Things"/"Stuff": {pq, sq, rq, n}, "per_class"}.
 
-    ``multi_core`` runs ``evaluatePanoptic`` itself (a process pool); otherwise see
-    :func:`reference_pq_of_files`.
+    ``implementation`` is one of REFERENCES. For panopticapi and cityscapesscripts,
+    ``multi_core`` runs their ``pq_compute`` / ``evaluatePanoptic`` itself (a process pool);
+    otherwise see :func:`reference_pq_of_files`. hotcoco's ``pq_compute`` runs in this process.
     """
     gt_json = write_panoptic(root, "gt", images, "gt")
     pred_json = write_panoptic(root, "pred", images, "pred")
     gt_dir, pred_dir = os.path.join(root, "gt"), os.path.join(root, "pred")
-    if not multi_core:
-        return reference_pq_of_files(gt_json, gt_dir, pred_json, pred_dir)
     with contextlib.redirect_stdout(io.StringIO()):
+        if implementation == "hotcoco":
+            return _from_hotcoco(hotcoco_pq_compute(gt_json, pred_json, gt_dir, pred_dir))
+        if not multi_core:
+            module = _PYTHON_REFERENCES[implementation]
+            return reference_pq_of_files(gt_json, gt_dir, pred_json, pred_dir, module)
+        if implementation == "panopticapi":
+            return panopticapi.evaluation.pq_compute(gt_json, pred_json, gt_dir, pred_dir)
         results_file = os.path.join(root, "reference_results.json")
-        return reference.evaluatePanoptic(gt_json, gt_dir, pred_json, pred_dir, results_file)
+        return cityscapes_reference.evaluatePanoptic(
+            gt_json, gt_dir, pred_json, pred_dir, results_file
+        )
 
 
-def reference_pq_of_files(gt_json: str, gt_dir: str, pred_json: str, pred_dir: str) -> Dict:
+def reference_pq_of_files(
+    gt_json: str, gt_dir: str, pred_json: str, pred_dir: str, module=cityscapes_reference
+) -> Dict:
     """The reference results of COCO-panoptic files, computed in this process by the reference's
-    per-image function ``pq_compute_single_core`` and its averaging."""
+    per-image function ``pq_compute_single_core`` and its averaging (``module``: panopticapi's
+    or cityscapesscripts')."""
     with open(gt_json) as f:
         gt = json.load(f)
     with open(pred_json) as f:
@@ -140,12 +168,27 @@ def reference_pq_of_files(gt_json: str, gt_dir: str, pred_json: str, pred_dir: s
     categories = {c["id"]: c for c in gt["categories"]}
     pairs = [(a, pred[a["image_id"]]) for a in gt["annotations"]]
     with contextlib.redirect_stdout(io.StringIO()):
-        stat = reference.pq_compute_single_core(0, pairs, gt_dir, pred_dir, categories)
+        stat = module.pq_compute_single_core(0, pairs, gt_dir, pred_dir, categories)
     return _average_pq(stat, categories)
 
 
+def _from_hotcoco(results: Dict) -> Dict:
+    """hotcoco's results in the references' form: a group without any counted category is
+    ``{"n": 0}`` and a category without segments scores 0.0 (hotcoco reports -1 for both)."""
+    converted = {"per_class": {}}
+    for group in ("All", "Things", "Stuff"):
+        counted = results[group]["n"] > 0
+        converted[group] = dict(results[group]) if counted else {"n": 0}
+    for category, values in results["per_class"].items():
+        counted = values["tp"] + values["fp"] + values["fn"] > 0
+        converted["per_class"][category] = {
+            metric: values[metric] if counted else 0.0 for metric in ("pq", "sq", "rq")
+        }
+    return converted
+
+
 def _average_pq(stat, categories: Dict) -> Dict:
-    """``reference.average_pq``, except that a group without any counted category gets
+    """The reference's ``pq_average``, except that a group without any counted category gets
     ``{"n": 0}`` where the reference raises ZeroDivisionError."""
     results = {"per_class": {c: {"pq": 0.0, "sq": 0.0, "rq": 0.0} for c in categories}}
     for name, isthing in (("All", None), ("Things", True), ("Stuff", False)):

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog
-from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, SemSegEvaluator
+from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
 from png_files import encode_png
@@ -103,6 +104,34 @@ def test_results_equal_the_reference_in_detectron2_format(tmp_path):
     assert list(pq) == groups + per_class
     assert_results_match(pq, reference_pq(str(tmp_path / "reference"), images))
     assert 0 < pq["PQ"] < 100
+
+
+def test_results_equal_detectron2s_own_coco_panoptic_evaluator(tmp_path):
+    """Detectron2's COCOPanopticEvaluator, unchanged (it encodes the predictions to PNG and calls
+    panopticapi's pq_compute), on the plugin's dataset and model outputs."""
+    images = case_images(6, seed=5)
+    name = registered(tmp_path, images)
+    ours = run(PanopticQualityEvaluator(name), images, str(tmp_path))["panoptic_seg"]
+    theirs = run(COCOPanopticEvaluator(name), images, str(tmp_path))["panoptic_seg"]
+    for key in [f"{m}{s}" for s in ("", "_th", "_st") for m in ("PQ", "SQ", "RQ")]:
+        assert abs(ours[key] - theirs[key]) <= 1e-7, key
+
+
+def test_detectron2_visualizer_draws_the_plugins_panoptic_records(tmp_path):
+    """Visualizer.draw_dataset_dict reads a record's panoptic PNG through panopticapi's rgb2id:
+    every segment is drawn (its pixels change), void is left as it is."""
+    image = case_images(1, seed=7)[0]
+    name = registered(tmp_path, [image])
+    record = DatasetCatalog.get(name)[0]
+    background = np.full(image.gt_ids.shape + (3,), 128, dtype=np.uint8)
+    drawn = Visualizer(background, MetadataCatalog.get(name), scale=1.0)
+    drawn = drawn.draw_dataset_dict(record).get_image()
+    changed = (drawn != background).any(axis=2)
+    for info in record["segments_info"]:
+        assert changed[image.gt_ids == info["id"]].mean() > 0.5, info
+    void = image.gt_ids == 0
+    if void.any():
+        assert changed[void].mean() < changed[~void].mean()
 
 
 def test_results_do_not_depend_on_threads_or_batches(tmp_path):
@@ -236,12 +265,26 @@ def test_ground_truth_file_problems_name_the_file(tmp_path):
             evaluator.evaluate()
 
 
+def test_threads_default_to_the_usable_cores_and_follow_the_config(tmp_path, monkeypatch):
+    name = registered(tmp_path, case_images(2))
+    monkeypatch.setattr(evaluator_module.os, "sched_getaffinity", lambda pid: {0, 3, 5})
+    assert PanopticQualityEvaluator(name).num_threads == 3
+    assert PanopticQualityEvaluator(name, num_threads=2).num_threads == 2
+    cfg = get_cfg()
+    add_panoptic_fpn_ext_config(cfg)
+    for configured, expected in ((0, 3), (7, 7)):
+        cfg.PANOPTIC_FPN_EXT.EVAL.NUM_THREADS = configured
+        evaluators = build_panoptic_fpn_evaluators(cfg, name, str(tmp_path))._evaluators
+        pq_evaluator = next(e for e in evaluators if isinstance(e, PanopticQualityEvaluator))
+        assert pq_evaluator.num_threads == expected
+
+
 def test_export_without_output_dir_is_refused(tmp_path):
     name = registered(tmp_path, case_images(1))
     with pytest.raises(ValueError, match="need an output_dir"):
         PanopticQualityEvaluator(name, export_formats=["coco"])
-    with pytest.raises(ValueError, match="num_threads = 0"):
-        PanopticQualityEvaluator(name, num_threads=0)
+    with pytest.raises(ValueError, match="num_threads = -1"):
+        PanopticQualityEvaluator(name, num_threads=-1)
 
 
 @pytest.mark.gpu

@@ -81,36 +81,31 @@ def test_random_pngs_decode_to_their_pixels(shape, channels, kinds, levels, seed
     np.testing.assert_array_equal(decode_rgba(png), expected_rgba(pixels))
 
 
-@pytest.mark.parametrize("columns_dtype", [np.int32, np.int64])
-def test_joint_counts_count_every_pixel_once(columns_dtype):
+@pytest.mark.parametrize("pred_dtype", [np.int32, np.int64])
+def test_joint_counts_count_every_pixel_once(pred_dtype):
     rng = np.random.default_rng(5)
-    table = np.zeros(1 << 24, dtype=np.uint16)
+    # Listed predicted ids: small and 24-bit; unlisted ones: also outside [0, 2^24).
+    pred_ids = np.array([3, 0xABCDEF, (1 << 24) - 1])
+    pred_values = np.array([0, *pred_ids, 4, -5, 1 << 24], dtype=pred_dtype)
+    pred_index = np.array([0, 1, 2, 3, 4, 4, 4])
     for channels in (3, 4):
         pixels, ids = segment_pixels(rng, 31, 23, channels)
         present = np.unique(ids)
-        table[present] = rng.integers(0, 6, len(present))
-        columns = rng.integers(0, 3, ids.size).astype(columns_dtype)
-        columns[: ids.size // 2] = 1  # runs of one key
-        counts = joint_counts(read(encode_png(pixels)), table, 6, columns, 3)
-        expected = np.bincount(table[ids.reshape(-1)] * 3 + columns, minlength=18)
+        gt_ids = rng.permutation(present[present > 0])[: len(present) - 2]  # some unlisted
+        index_of = {0: 0, **{int(i): k + 1 for k, i in enumerate(gt_ids)}}
+        gt_index = np.array([index_of.get(i, len(gt_ids) + 1) for i in ids.reshape(-1).tolist()])
+        picks = rng.integers(0, len(pred_values), ids.size)
+        picks[: ids.size // 2] = 1  # runs of one pair
+        counts = joint_counts(read(encode_png(pixels)), gt_ids, pred_values[picks], pred_ids)
+        expected = np.zeros((len(gt_ids) + 2, 5), dtype=np.int64)
+        np.add.at(expected, (gt_index, pred_index[picks]), 1)
         np.testing.assert_array_equal(counts, expected)
-        table[present] = 0
 
 
-def test_joint_counts_refuse_rows_and_columns_out_of_range():
-    pixels, ids = segment_pixels(np.random.default_rng(6), 5, 4)
-    png = read(encode_png(pixels))
-    table = np.zeros(1 << 24, dtype=np.uint16)
-    table[ids[2, 3]] = 2  # a third row, of two
-    for row_of_id, columns, message in [
-        (table, np.zeros(20, np.int32), "out of the 2x3 histogram"),
-        (np.zeros(1 << 24, np.uint16), np.full(20, 3, np.int64), "out of the 2x3 histogram"),
-        (np.zeros(1 << 24, np.uint16), np.full(20, -1, np.int32), "out of the 2x3 histogram"),
-        (np.zeros(1 << 16, np.uint16), np.zeros(20, np.int32), "65536 rows for 2"),
-        (np.zeros(1 << 24, np.uint16), np.zeros(19, np.int32), "19 columns for 5x4"),
-    ]:
-        with pytest.raises(ValueError, match=message):
-            joint_counts(png, row_of_id, 2, columns, 3)
+def test_joint_counts_refuse_a_prediction_of_another_size():
+    png = read(encode_png(segment_pixels(np.random.default_rng(6), 5, 4)[0]))
+    with pytest.raises(ValueError, match="19 predicted ids for 5x4 pixels"):
+        joint_counts(png, np.array([1]), np.zeros(19, np.int32), np.array([1]))
 
 
 def test_other_pngs_and_files_are_left_to_a_general_decoder():
@@ -158,9 +153,30 @@ def damaged_pngs():
 
 @pytest.mark.parametrize("data, message", damaged_pngs())
 def test_damaged_pngs_are_named(data, message):
-    table = np.zeros(1 << 24, dtype=np.uint16)
+    no_ids = np.zeros(0, dtype=np.int64)
     with pytest.raises(PanopticDataError, match=f"Cannot decode panoptic PNG {PATH}: .*{message}"):
         png = read_filtered_png(data, PATH)
-        joint_counts(png, table, 1, np.zeros(png.height * png.width, np.int32), 1)
+        joint_counts(png, no_ids, np.zeros(png.height * png.width, np.int32), no_ids)
     with pytest.raises(PanopticDataError, match=message):
         decode_rgba(read_filtered_png(data, PATH))
+
+
+def test_without_isal_the_standard_zlib_inflates_the_same_bytes(monkeypatch):
+    """An environment installed without dependencies (no isal) still reads the PNGs, and any
+    damage is still named."""
+    import zlib
+
+    from panoptic_fpn_ext.evaluation import png as png_module
+
+    pixels = segment_pixels(np.random.default_rng(7), 12, 15, 3)[0]
+    data = encode_png(pixels, [4, 1, 2], pieces=2)
+    with_isal = read(data)
+    monkeypatch.setattr(png_module, "inflate_module", zlib)
+    with_zlib = read(data)
+    np.testing.assert_array_equal(with_zlib.data, with_isal.data)
+    np.testing.assert_array_equal(decode_rgba(with_zlib), expected_rgba(pixels))
+    idat = data.index(b"IDAT")
+    length = struct.unpack(">I", data[idat - 4 : idat])[0]
+    corrupt = data[: idat - 4] + chunk(b"IDAT", b"\x00" * length) + data[idat + 4 + length + 4 :]
+    with pytest.raises(PanopticDataError, match="000042.png.*corrupt"):
+        read_filtered_png(corrupt, PATH)

@@ -1,5 +1,6 @@
-"""PQ statistics: every rule of the reference definition, checked against cityscapesscripts'
-implementation (panopticapi's algorithm) to 1e-9, plus bad inputs and random maps."""
+"""PQ statistics: every rule of the reference definition, checked to 1e-9 against panopticapi's
+pq_compute (the reference implementation), cityscapesscripts' (the same algorithm) and hotcoco's,
+plus bad inputs and random maps."""
 
 import re
 
@@ -14,6 +15,7 @@ from png_files import encode_png
 from panoptic_eval_cases import (
     ISTHING,
     NUM_CATEGORIES,
+    REFERENCES,
     NUM_STUFF,
     NUM_THINGS,
     PanopticImage,
@@ -32,9 +34,9 @@ from panoptic_fpn_ext.evaluation import (
     pq_summary,
     segments_from_info,
 )
-from panoptic_fpn_ext.evaluation import pq
+from panoptic_fpn_ext.evaluation import counting
+from panoptic_fpn_ext.evaluation.id_index import MAX_SEGMENT_ID, segment_index_map
 from panoptic_fpn_ext.evaluation.png import read_filtered_png
-from panoptic_fpn_ext.evaluation.pq import MAX_SEGMENT_ID, segment_index_map
 
 PERSON, CAR, DOG, BIKE, ROAD, SKY, GRASS, WALL = range(8)  # category indices of CATEGORIES
 
@@ -173,10 +175,12 @@ RULE_CASES = {
 }
 
 
+@pytest.mark.parametrize("reference", REFERENCES)
 @pytest.mark.parametrize("name", sorted(RULE_CASES))
-def test_rule_matches_reference(name, tmp_path):
+def test_rule_matches_reference(name, reference, tmp_path):
     images = RULE_CASES[name]
-    assert_matches_reference(our_statistics(images), reference_pq(str(tmp_path), images))
+    expected = reference_pq(str(tmp_path), images, implementation=reference)
+    assert_matches_reference(our_statistics(images), expected)
 
 
 def test_iou_must_exceed_one_half():
@@ -223,13 +227,14 @@ def test_categories_without_segments_are_left_out_of_the_means():
     assert np.isnan(per_category["pq"][PERSON]) and per_category["pq"][ROAD] == 0.0
 
 
-def test_all_rules_over_several_images_match_the_reference_process_pool(tmp_path):
+@pytest.mark.parametrize("reference", ["panopticapi", "cityscapesscripts"])
+def test_all_rules_over_several_images_match_the_reference_process_pool(reference, tmp_path):
     images = [image for case in RULE_CASES.values() for image in case]
     images = [
         PanopticImage(k, i.gt_ids, i.gt_segments, i.pred_ids, i.pred_segments)
         for k, i in enumerate(images)
     ]
-    expected = reference_pq(str(tmp_path), images, multi_core=True)
+    expected = reference_pq(str(tmp_path), images, multi_core=True, implementation=reference)
     assert_matches_reference(our_statistics(images), expected)
     assert expected["All"]["n"] == NUM_CATEGORIES  # every category is exercised
 
@@ -282,24 +287,32 @@ def each_route_statistics(image: PanopticImage, gt_map, pred_map, pred_segments,
     args = (gt, pred_map, pred, NUM_CATEGORIES, "image")
     fast = image_pq_statistics(gt_map, *args)
     with monkeypatch.context() as patch:
-        patch.setattr(pq, "_cpu_joint_histogram", lambda *_: None)
+        patch.setattr(counting, "cpu_joint_histogram", lambda *_: None)
         general = image_pq_statistics(torch.as_tensor(image.gt_ids, dtype=torch.int32), *args)
     return fast, general
 
 
-def renumbered(image: PanopticImage, first: int):
-    """The prediction with ids first, first + 1, ...: above any lookup-free range when large."""
-    ids = np.where(image.pred_ids > 0, image.pred_ids + first - 1, 0)
-    segments = [dict(s, id=s["id"] + first - 1) for s in image.pred_segments]
-    return ids, segments
+def renumbered(image: PanopticImage, rng: np.random.Generator, kind: str):
+    """The prediction with ids 1..K ("small"), 40000.. ("large") or random 24-bit ones."""
+    old = [s["id"] for s in image.pred_segments]
+    new = {
+        "small": np.arange(1, len(old) + 1),
+        "large": np.arange(40000, 40000 + len(old)),
+        "random": rng.choice(np.arange(1, MAX_SEGMENT_ID + 1), len(old), replace=False),
+    }[kind]
+    lookup = np.zeros(int(image.pred_ids.max()) + 1, dtype=np.int64)
+    lookup[old] = new
+    segments = [dict(s, id=int(i)) for s, i in zip(image.pred_segments, new)]
+    return lookup[image.pred_ids], segments
 
 
-@pytest.mark.parametrize("size", [(24, 32), (64, 96)])  # histogram counted without / with lanes
+@pytest.mark.parametrize("size", [(24, 32), (64, 96)])
 def test_cpu_route_gives_the_general_route_statistics(size, monkeypatch):
     rng = np.random.default_rng(11)
-    for image_id in range(25):
+    for image_id in range(24):
         image = random_image(rng, image_id, *size)
-        pred_ids, pred_segments = renumbered(image, 1 + 40000 * (image_id % 2))
+        kind = ("small", "large", "random")[image_id % 3]
+        pred_ids, pred_segments = renumbered(image, rng, kind)
         small_or_int64 = torch.int16 if pred_ids.max() < 1 << 15 else torch.int64
         for gt_map, pred_map in [
             (torch.as_tensor(image.gt_ids, dtype=torch.int32), torch.as_tensor(pred_ids)),
@@ -313,11 +326,11 @@ def test_cpu_route_gives_the_general_route_statistics(size, monkeypatch):
             )
             for ours, theirs in zip(vars(fast).values(), vars(general).values()):
                 assert torch.equal(ours, theirs)
-    assert not pq._id_tables.table.any()  # the lookup table is left clean
 
 
-def test_cpu_route_falls_back_for_many_segments(monkeypatch):
-    """(300 + 2) GT rows x 301 prediction columns do not fit the 16-bit lookup table."""
+def test_cpu_route_falls_back_for_histograms_over_max_bins(monkeypatch):
+    """(300 + 2) GT rows x (300 + 2) prediction columns: counted on the CPU route, and by the
+    general route when the CPU route's histogram may not be that large."""
     index = np.arange(600).reshape(20, 30) // 2  # 300 segments of 2 pixels
     gt_ids, pred_ids = index * 1000 + 7, index + 1
     categories = [k % NUM_CATEGORIES for k in range(300)]
@@ -328,17 +341,25 @@ def test_cpu_route_falls_back_for_many_segments(monkeypatch):
         pred_ids,
         [segment(k + 1, c) for k, c in enumerate(categories)],
     )
-    for gt_map in (rgba(gt_ids), png(gt_ids)):
-        fast, general = each_route_statistics(
-            image, gt_map, torch.as_tensor(pred_ids), image.pred_segments, monkeypatch
-        )
-        assert int(fast.tp.sum()) == 300
-        for ours, theirs in zip(vars(fast).values(), vars(general).values()):
-            assert torch.equal(ours, theirs)
+    gt = segments_from_info(image.gt_segments, NUM_THINGS, NUM_STUFF, "gt", PanopticDataError)
+    pred = segments_from_info(image.pred_segments, NUM_THINGS, NUM_STUFF, "pred")
+    pred_map = torch.as_tensor(pred_ids)
+    for max_bins, fits in ((counting.MAX_BINS, True), (302 * 302 - 1, False)):
+        monkeypatch.setattr(counting, "MAX_BINS", max_bins)
+        histogram = counting.cpu_joint_histogram(rgba(gt_ids), gt.ids, pred_map, pred.ids)
+        assert (histogram is not None) == fits
+        for gt_map in (rgba(gt_ids), png(gt_ids)):
+            fast, general = each_route_statistics(
+                image, gt_map, pred_map, image.pred_segments, monkeypatch
+            )
+            assert int(fast.tp.sum()) == 300
+            for ours, theirs in zip(vars(fast).values(), vars(general).values()):
+                assert torch.equal(ours, theirs)
 
 
-def test_png_route_falls_back_for_more_gt_segments_than_its_table_holds(monkeypatch):
-    """65536 GT segments + void + unlisted ids need more rows than 16-bit table entries."""
+def test_png_route_counts_more_segments_than_16_bit_indices_hold(monkeypatch):
+    """65536 GT segments: with void and unlisted ids, 65538 histogram rows, counted on the CPU
+    route as on the general one."""
     gt_ids = np.arange(1, 65537).reshape(256, 256)
     pred_ids = np.ones_like(gt_ids)
     pred_ids[:, 128:] = 2
@@ -349,8 +370,13 @@ def test_png_route_falls_back_for_more_gt_segments_than_its_table_holds(monkeypa
         pred_ids,
         [segment(1, PERSON), segment(2, CAR)],
     )
+    gt = segments_from_info(image.gt_segments, NUM_THINGS, NUM_STUFF, "gt", PanopticDataError)
+    pred = segments_from_info(image.pred_segments, NUM_THINGS, NUM_STUFF, "pred")
+    pred_map = torch.as_tensor(pred_ids)
+    histogram = counting.cpu_joint_histogram(png(gt_ids), gt.ids, pred_map, pred.ids)
+    assert histogram.shape == (65538, 4) and histogram[1:-1, 1:-1].sum() == gt_ids.size
     fast, general = each_route_statistics(
-        image, png(gt_ids), torch.as_tensor(pred_ids), image.pred_segments, monkeypatch
+        image, png(gt_ids), pred_map, image.pred_segments, monkeypatch
     )
     assert int(fast.fn.sum()) == 65536
     for ours, theirs in zip(vars(fast).values(), vars(general).values()):
@@ -365,16 +391,18 @@ def test_cpu_route_errors_name_the_ids():
     for gt_map in (rgba(image.gt_ids), png(image.gt_ids)):
         with pytest.raises(PanopticDataError, match=r"ground truth id map.*\[12345678\]"):
             image_pq_statistics(gt_map, gt, torch.as_tensor(image.pred_ids), pred, 8, "im")
-    # An unlisted predicted id below the largest listed one (counted without a lookup).
-    pred_ids = simple_image().pred_ids
-    pred_ids[0, 0] = 3
+    # Unlisted predicted ids: between listed ones, and outside the 24 bits of the id tables.
     pred = segments_from_info([segment(4, ROAD), segment(2, SKY)], NUM_THINGS, NUM_STUFF, "p")
-    pred_ids[1, 1] = 2
-    with pytest.raises(PanopticPredictionError, match=r"not in segments_info: \[3\]; .*\[\]"):
-        image_pq_statistics(
-            rgba(simple_image().gt_ids), gt, torch.as_tensor(pred_ids), pred, 8, "image 5"
-        )
-    assert not pq._id_tables.table.any()
+    for unlisted in (3, -7, 1 << 24, 1 << 40):
+        pred_ids = simple_image().pred_ids
+        pred_ids[0, 0] = unlisted
+        pred_ids[1, 1] = 2
+        with pytest.raises(
+            PanopticPredictionError, match=rf"not in segments_info: \[{unlisted}\]; .*\[\]"
+        ):
+            image_pq_statistics(
+                rgba(simple_image().gt_ids), gt, torch.as_tensor(pred_ids), pred, 8, "image 5"
+            )
 
 
 # --- bad inputs ----------------------------------------------------------------------------
@@ -521,7 +549,9 @@ def segment_index(seg):
     return seg["category_id"] if seg["isthing"] else NUM_THINGS + seg["category_id"] - 1
 
 
-def test_many_random_images_match_reference(tmp_path):
+@pytest.mark.parametrize("reference", REFERENCES)
+def test_many_random_images_match_reference(reference, tmp_path):
     rng = np.random.default_rng(1)
     images = [random_image(rng, image_id) for image_id in range(40)]
-    assert_matches_reference(our_statistics(images), reference_pq(str(tmp_path), images))
+    expected = reference_pq(str(tmp_path), images, implementation=reference)
+    assert_matches_reference(our_statistics(images), expected)

@@ -135,7 +135,10 @@ def build_panoptic_fpn_evaluators(
     if not all_classes:
         evaluators.append(
             PanopticQualityEvaluator(
-                dataset_name, output_dir, export_formats=list(evaluation.EXPORT_FORMATS)
+                dataset_name,
+                output_dir,
+                export_formats=list(evaluation.EXPORT_FORMATS),
+                num_threads=evaluation.NUM_THREADS,
             )
         )
         if evaluation.INSTANCE_AP and metadata.get("json_file") is not None:

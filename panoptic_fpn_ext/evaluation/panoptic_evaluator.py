@@ -2,6 +2,7 @@
 
 import itertools
 import logging
+import os
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -19,17 +20,17 @@ from tabulate import tabulate
 from ..data.panoptic_io import PanopticDataError
 from .export import PanopticExporter
 from .png import FilteredPng, read_filtered_png
+from .id_index import ground_truth_ids
 from .pq import (
     PanopticPredictionError,
     PQStatistics,
-    ground_truth_ids,
     image_pq_statistics,
     pq_per_category,
     pq_summary,
     segments_from_info,
 )
 
-__all__ = ["PanopticQualityEvaluator", "read_panoptic_id_map"]
+__all__ = ["PanopticQualityEvaluator", "read_panoptic_id_map", "usable_cores"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def _read_ground_truth_png(path: str) -> Union[FilteredPng, np.ndarray]:
     Returns:
         the PNG inflated but not unfiltered (see :mod:`.png`) when it is 8-bit RGB or RGBA without
         interlacing, the format of COCO's and Cityscapes' panoptic annotations; otherwise its
-        pixels as uint8 (H, W, 4), C-contiguous: R, G, B and 255 (see :func:`.pq.rgba_ids`).
+        pixels as uint8 (H, W, 4), C-contiguous: R, G, B and 255 (see :func:`.id_index.rgba_ids`).
     Raises:
         FileNotFoundError: no such file.
         PanopticDataError: the file cannot be decoded, or is not 8-bit RGB/RGBA.
@@ -90,6 +91,14 @@ def read_panoptic_id_map(path: str) -> torch.Tensor:
     return ground_truth_ids(_read_ground_truth_png(path))
 
 
+def usable_cores() -> int:
+    """The number of CPU cores this process may run on (its affinity mask, as set by taskset or
+    a container's cpuset; all of the machine's where the platform has no affinity)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _listed(values: Sequence) -> str:
     values = list(values)
     more = f" and {len(values) - _MAX_LISTED} more" if len(values) > _MAX_LISTED else ""
@@ -99,17 +108,20 @@ def _listed(values: Sequence) -> str:
 class PanopticQualityEvaluator(DatasetEvaluator):
     """Panoptic quality (PQ, SQ, RQ) of a dataset, accumulated image by image.
 
-    For each image, ``process`` hands the work to a small pool of threads and returns: a thread
-    reads the image's GT panoptic PNG (the dataset record's ``pan_seg_file_name``; nothing is
-    written), compares it with the prediction on the prediction's device through one joint
-    histogram, and the image's per-category TP/FP/FN counts and IoU sums are added to running
-    totals (see :mod:`.pq` for the definition, the reference one) in the order the images came,
-    so results do not depend on thread timing. At most ``2 * num_threads`` predictions wait at any
-    time; with a model on a GPU, the GT decoding overlaps the next batch's inference. The threads
-    spend their time in calls that release the GIL: with predictions on the CPU, the GT PNG is
-    inflated (zlib-ng) and then unfiltered row by row in compiled code (numba) that looks each
-    pixel up in a per-thread table of all 24-bit ids and counts it into the histogram, without
-    decoding the whole image (see :mod:`.png` and :func:`.pq.image_pq_statistics`).
+    For each image, ``process`` hands the work to a pool of threads (by default one per core this
+    process may use) and returns: a thread reads the image's GT panoptic PNG (the dataset record's
+    ``pan_seg_file_name``; nothing is written), compares it with the prediction on the
+    prediction's device through one joint histogram, and the image's per-category TP/FP/FN counts
+    and IoU sums are added to running totals (see :mod:`.pq` for the definition, the reference
+    one) in the order the images came, so results do not depend on thread timing. At most
+    ``2 * num_threads`` predictions wait at any time; with a model on a GPU, the GT decoding
+    overlaps the next batch's inference. The threads spend their time in calls that release the
+    GIL, so that they run in parallel: with predictions on the CPU, the GT PNG is inflated
+    (ISA-L), then unfiltered row by row in compiled code (numba) that counts each pixel's pair of
+    GT and predicted segments into the histogram, without decoding the whole image, whatever the
+    segment ids' values (see :mod:`.png` and :mod:`.counting`); the PQ rules then read the
+    histogram, also in compiled code. The main thread only queues images and adds each image's
+    per-category arrays to the totals.
     Memory is a few arrays of one entry per category, whatever the number of images, plus each
     thread's buffers for one image.
 
@@ -146,7 +158,7 @@ class PanopticQualityEvaluator(DatasetEvaluator):
         *,
         export_formats: Sequence[str] = (),
         distributed: bool = True,
-        num_threads: int = 2,
+        num_threads: int = 0,
     ):
         """
         Args:
@@ -157,10 +169,11 @@ class PanopticQualityEvaluator(DatasetEvaluator):
             export_formats: any of "coco", "cityscapes".
             distributed: gather the statistics of all processes in ``evaluate``; otherwise
                 evaluate what this process saw.
-            num_threads: threads that compute the per-image statistics (at least 1).
+            num_threads: threads that compute the per-image statistics; 0 for one per core this
+                process may use (:func:`usable_cores`).
         Raises:
             ValueError: two classes share a name, ``export_formats`` without ``output_dir``, or
-                ``num_threads`` < 1.
+                ``num_threads`` < 0.
         """
         self._dataset_name = dataset_name
         metadata = MetadataCatalog.get(dataset_name)
@@ -173,8 +186,10 @@ class PanopticQualityEvaluator(DatasetEvaluator):
                 f"Dataset {dataset_name}: class name(s) {repeated} appear more than once in "
                 "thing_classes + stuff_classes; per-class results need distinct names"
             )
-        if num_threads < 1:
-            raise ValueError(f"num_threads = {num_threads}; expected at least 1")
+        if num_threads < 0:
+            raise ValueError(
+                f"num_threads = {num_threads}; expected 0 (one per usable core) or more"
+            )
         self._isthing = np.arange(len(self._class_names)) < self._num_things
         self._records = {r["image_id"]: r for r in DatasetCatalog.get(dataset_name)}
         if export_formats and output_dir is None:
@@ -186,10 +201,15 @@ class PanopticQualityEvaluator(DatasetEvaluator):
             PanopticExporter(f, output_dir, dataset_name, metadata) for f in export_formats
         ]
         self._distributed = distributed
-        self._num_threads = num_threads
+        self._num_threads = num_threads or usable_cores()
         self._executor: Optional[ThreadPoolExecutor] = None
         self._pending: Deque[Future] = deque()
         self.reset()
+
+    @property
+    def num_threads(self) -> int:
+        """The number of threads that compute the per-image statistics."""
+        return self._num_threads
 
     def reset(self) -> None:
         """Forget every image processed so far (waiting for, and dropping, unfinished ones)."""

@@ -2,31 +2,43 @@
 
 A COCO-panoptic PNG holds one segment id per pixel as an 8-bit color, ``id = R + 256 G + 256² B``
 (an alpha channel, if any, is ignored). The PQ evaluator never needs such an image whole:
-:func:`read_filtered_png` checks the PNG's chunks and inflates its data stream (zlib-ng), and
+:func:`read_filtered_png` checks the PNG's chunks and inflates its data stream (ISA-L), and
 :func:`joint_counts` undoes the PNG row filters one row at a time, in compiled code that releases
-the GIL (numba, :mod:`.png_kernels`, loaded at the first call), and counts each pixel straight into
-a joint histogram. :func:`decode_rgba` gives the whole image where it is needed (predictions on a
-GPU, error messages).
+the GIL (numba, see :mod:`.jit`), and counts each pixel straight into a joint histogram with the
+predicted id of the same pixel (ids to segment indices: :mod:`.id_table`). :func:`decode_rgba` gives
+the whole image where it is needed (predictions on a GPU, error messages).
 
 Only 8-bit RGB and RGBA PNGs without interlacing, the format of COCO's and Cityscapes' panoptic
-annotations, are read here; :func:`read_filtered_png` returns None for any other file, which is
-then left to a general decoder.
+annotations, are read here; :func:`read_filtered_png` returns None for any other file, which is then
+left to a general decoder.
 """
 
+import logging
 import struct
 import zlib
 from typing import Dict, Iterator, NamedTuple, Optional, Tuple
 
 import numpy as np
-from zlib_ng import zlib_ng
 
 from ..data.panoptic_io import PanopticDataError
+from .id_table import build_id_table, find_index
+from .jit import jit
 
 __all__ = ["FilteredPng", "decode_rgba", "joint_counts", "read_filtered_png"]
+
+try:  # ISA-L inflates ~1.7x faster than zlib; setup.py requires it
+    from isal import isal_zlib as inflate_module
+except ImportError:  # an environment installed without dependencies: same bytes, slower
+    inflate_module = zlib
+    logging.getLogger(__name__).info("isal is not installed: PNG data is inflated with zlib")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Bytes per pixel of the color types read here (bit depth 8): RGB, RGBA.
 _CHANNELS: Dict[int, int] = {2: 3, 6: 4}
+# PNG filter types: None, Sub, Up, Average, Paeth.
+_NONE, _SUB, _UP, _AVERAGE = 0, 1, 2, 3
+# Unsigned constants for the kernels' indices (an int64 would turn uint64 arithmetic to float).
+_U0, _U1, _U2 = np.uint64(0), np.uint64(1), np.uint64(2)
 
 
 class FilteredPng(NamedTuple):
@@ -107,8 +119,8 @@ def read_filtered_png(data: bytes, path: str) -> Optional[FilteredPng]:
     channels = _CHANNELS[color_type]
     size = height * (1 + width * channels)
     try:
-        rows = zlib_ng.decompress(image_data, bufsize=size)
-    except zlib_ng.error as e:
+        rows = inflate_module.decompress(image_data, bufsize=size)
+    except inflate_module.error as e:
         raise _error(path, f"its image data is corrupt ({e})") from e
     if len(rows) != size:
         raise _error(
@@ -117,68 +129,175 @@ def read_filtered_png(data: bytes, path: str) -> Optional[FilteredPng]:
     return FilteredPng(path, height, width, channels, np.frombuffer(rows, dtype=np.uint8))
 
 
+# Bytewise arithmetic on the 3 color bytes of a pixel held in one integer (R + 256 G + 256² B).
+_LOW_7_BITS, _HIGH_BIT, _HIGH_7_BITS = 0x7F7F7F, 0x808080, 0xFEFEFE
+
+
+@jit
+def _add_bytes(a, b):
+    """Bytewise sum modulo 256 of two pixels' color bytes."""
+    return ((a & _LOW_7_BITS) + (b & _LOW_7_BITS)) ^ ((a ^ b) & _HIGH_BIT)
+
+
+@jit
+def _average_bytes(a, b):
+    """Bytewise ``(a + b) >> 1`` (without overflow) of two pixels' color bytes."""
+    return (a & b) + (((a ^ b) & _HIGH_7_BITS) >> 1)
+
+
+@jit
+def _paeth(left, up, up_left):
+    """The PNG Paeth predictor of one byte."""
+    to_left, to_up = abs(up - up_left), abs(left - up_left)
+    to_up_left = abs(left + up - 2 * up_left)
+    if to_left <= to_up and to_left <= to_up_left:
+        return left
+    return up if to_up <= to_up_left else up_left
+
+
+@jit
+def _paeth_bytes(left, up, up_left):
+    """The Paeth predictor of a pixel's color bytes."""
+    if up == up_left:  # every byte above equals the one above-left: each predicts its left one
+        return left
+    predicted = 0
+    for shift in range(0, 24, 8):
+        byte = _paeth((left >> shift) & 255, (up >> shift) & 255, (up_left >> shift) & 255)
+        predicted |= byte << shift
+    return predicted
+
+
+@jit
+def _unfilter_ids(data, start, channels, ids, previous) -> bool:
+    """Undo the filter of one row, for the color bytes of its pixels only (a filter never mixes
+    channels, so an alpha channel is skipped): ``data[start]`` is the row's filter type, the next
+    ``len(ids) * channels`` bytes its filtered pixels; ``previous`` holds the ids of the row
+    above (zeros for the first). Fills ``ids`` (int32 (W,)) with ``R + 256 G + 256² B`` of each
+    pixel; False for an unknown filter type. ``start`` and ``channels`` are uint64: unsigned
+    indices spare numba's check for negative ones, which would keep the loop from vectorising."""
+    kind = data[start]
+    if kind > 4:
+        return False
+    left, up_left = np.int64(0), np.int64(0)  # the bytes left of the first pixel are 0
+    position = start + _U1
+    for x in range(np.uint64(len(ids))):
+        filtered = (
+            np.int64(data[position])
+            | np.int64(data[position + _U1]) << 8
+            | np.int64(data[position + _U2]) << 16
+        )
+        position += channels
+        up = np.int64(previous[x])
+        if kind == _NONE:
+            value = filtered
+        elif kind == _SUB:
+            value = _add_bytes(filtered, left)
+        elif kind == _UP:
+            value = _add_bytes(filtered, up)
+        elif kind == _AVERAGE:
+            value = _add_bytes(filtered, _average_bytes(left, up))
+        else:
+            value = _add_bytes(filtered, _paeth_bytes(left, up, up_left))
+        ids[x] = value
+        left, up_left = value, up
+    return True
+
+
+@jit
+def _unfilter_and_count(data, height, width, channels, gt_ids, pred_map, pred_ids, counts):
+    """See :func:`joint_counts`; returns -1, or the first row with an unknown filter type.
+    Indices are uint64 (see :func:`_unfilter_ids`)."""
+    gt_keys, gt_indices, gt_shift = build_id_table(gt_ids)
+    pred_keys, pred_indices, pred_shift = build_id_table(pred_ids)
+    gt_unlisted, pred_unlisted = len(gt_ids) + 1, len(pred_ids) + 1
+    width, channels = np.uint64(width), np.uint64(channels)
+    num_columns = np.uint64(len(pred_ids) + 2)
+    ids, previous = np.zeros(width, dtype=np.int32), np.zeros(width, dtype=np.int32)
+    key, run = _U0, 0  # pixels are counted in runs of one key
+    for y in range(np.uint64(height)):
+        ids, previous = previous, ids
+        if not _unfilter_ids(data, y * (_U1 + width * channels), channels, ids, previous):
+            return np.int64(y)
+        last_id, base, last_pred, column = np.int64(-1), _U0, np.int64(-1), _U0
+        offset = y * width
+        for x in range(width):
+            segment_id = np.int64(ids[x])
+            if segment_id != last_id:
+                row = find_index(gt_keys, gt_indices, gt_shift, segment_id, gt_unlisted)
+                last_id, base = segment_id, np.uint64(row) * num_columns
+            pred_id = np.int64(pred_map[offset + x])
+            if pred_id != last_pred:
+                index = find_index(pred_keys, pred_indices, pred_shift, pred_id, pred_unlisted)
+                last_pred, column = pred_id, np.uint64(index)
+            if base + column != key:
+                counts[key] += run
+                key, run = base + column, 0
+            run += 1
+    counts[key] += run
+    return -1
+
+
+@jit
+def _unfilter_rgba(data, height, width, channels, words):
+    """See :func:`decode_rgba`; ``words`` is its output as int32 (H, W). Returns -1, or the
+    first row with an unknown filter type."""
+    width, channels = np.uint64(width), np.uint64(channels)
+    previous = np.zeros(width, dtype=np.int32)
+    for y in range(np.uint64(height)):
+        if not _unfilter_ids(data, y * (_U1 + width * channels), channels, words[y], previous):
+            return np.int64(y)
+        previous = words[y]
+    alpha = np.int32(-(1 << 24))  # 255 << 24 as int32
+    for y in range(np.uint64(height)):
+        for x in range(width):
+            words[y, x] |= alpha
+    return -1
+
+
 def _unknown_filter(png: FilteredPng, row: int) -> PanopticDataError:
     kind = png.data[row * (1 + png.width * png.channels)]
     return _error(png.path, f"row {row} has the unknown filter type {kind}")
 
 
 def joint_counts(
-    png: FilteredPng, row_of_id: np.ndarray, num_rows: int, columns: np.ndarray, num_columns: int
+    png: FilteredPng, gt_ids: np.ndarray, pred_map: np.ndarray, pred_ids: np.ndarray
 ) -> np.ndarray:
-    """Pixel counts of every (GT row, column) pair of a panoptic PNG and a column map.
+    """Pixel counts of every (GT segment, predicted segment) pair of a panoptic PNG and a
+    predicted id map.
 
     Args:
-        png: the GT, whose pixel ``(y, x)`` has segment id ``s``.
-        row_of_id: uint16 (2^24,), the histogram row of each segment id, in [0, num_rows).
-        columns: int32 or int64 (H * W,), the histogram column of each pixel, in
-            [0, num_columns).
+        png: the GT.
+        gt_ids: int64 (Kg,), the GT segment ids (distinct, not 0).
+        pred_map: int32 or int64 (H * W,), the predicted segment id of each pixel ``y * W + x``.
+        pred_ids: int64 (Kp,), the predicted segment ids (distinct, not 0).
     Returns:
-        int64 (num_rows * num_columns,): entry
-        ``row_of_id[s] * num_columns + columns[y * W + x]`` counts such pixels.
+        int64 (Kg + 2, Kp + 2): entry [i, j] counts the pixels of GT index i and predicted index
+        j, where index 0 is void (id 0), ``k + 1`` the id ``ids[k]``, and the last index any
+        other id.
     Raises:
         PanopticDataError: a row has an unknown filter type.
-        ValueError: ``row_of_id`` or ``columns`` has the wrong length, or a value out of range.
+        ValueError: ``pred_map`` has the wrong length.
     """
-    if len(row_of_id) != 1 << 24 or len(columns) != png.height * png.width:
-        raise ValueError(
-            f"{len(row_of_id)} rows for 2^24 ids or {len(columns)} columns for "
-            f"{png.height}x{png.width} pixels"
-        )
-    from .png_kernels import OUT_OF_RANGE, unfilter_and_count  # compiled on first use
-
-    counts = np.zeros(num_rows * num_columns, dtype=np.int64)
-    status = unfilter_and_count(
-        png.data,
-        png.height,
-        png.width,
-        png.channels,
-        row_of_id,
-        num_rows,
-        columns,
-        num_columns,
-        counts,
+    if len(pred_map) != png.height * png.width:
+        raise ValueError(f"{len(pred_map)} predicted ids for {png.height}x{png.width} pixels")
+    counts = np.zeros((len(gt_ids) + 2) * (len(pred_ids) + 2), dtype=np.int64)
+    bad_row = _unfilter_and_count(
+        png.data, png.height, png.width, png.channels, gt_ids, pred_map, pred_ids, counts
     )
-    if status == OUT_OF_RANGE:
-        raise ValueError(
-            f"{png.path}: a pixel's row (row_of_id) or column is out of the {num_rows}x"
-            f"{num_columns} histogram"
-        )
-    if status >= 0:
-        raise _unknown_filter(png, status)
-    return counts
+    if bad_row >= 0:
+        raise _unknown_filter(png, bad_row)
+    return counts.reshape(len(gt_ids) + 2, len(pred_ids) + 2)
 
 
 def decode_rgba(png: FilteredPng) -> np.ndarray:
-    """The image's pixels as uint8 (H, W, 4): R, G, B and 255 (see :func:`.pq.rgba_ids`).
+    """The image's pixels as uint8 (H, W, 4): R, G, B and 255 (see :func:`.id_index.rgba_ids`).
 
     Raises:
         PanopticDataError: a row has an unknown filter type.
     """
-    from .png_kernels import unfilter_rgba  # compiled on first use
-
     rgba = np.empty((png.height, png.width, 4), dtype=np.uint8)
-    bad_row = unfilter_rgba(
-        png.data, png.height, png.width, png.channels, rgba.view("<u4")[..., 0]
+    bad_row = _unfilter_rgba(
+        png.data, png.height, png.width, png.channels, rgba.view("<i4")[..., 0]
     )
     if bad_row >= 0:
         raise _unknown_filter(png, bad_row)
