@@ -1,5 +1,6 @@
 """The inference and training benchmarks on tiny inputs: their same-output checks are real."""
 
+import contextlib
 import os
 import sys
 
@@ -20,6 +21,57 @@ def test_alternating_medians_rotates_which_function_runs_first():
     assert rounds == ["abc", "bca", "cab", "abc"]
 
 
+@pytest.mark.parametrize("raise_inside", [False, True])
+def test_tf32_disabled_turns_tf32_off_and_restores_the_settings(raise_inside):
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (cudnn.allow_tf32, matmul.allow_tf32)
+    try:
+        cudnn.allow_tf32, matmul.allow_tf32 = True, True
+        with pytest.raises(RuntimeError) if raise_inside else contextlib.nullcontext():
+            with common.tf32_disabled():
+                assert (cudnn.allow_tf32, matmul.allow_tf32) == (False, False)
+                assert "TF32 convolutions off, TF32 matmuls off" in common.gpu_settings()
+                if raise_inside:
+                    raise RuntimeError("inside")
+        assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = before
+
+
+def test_gpu_settings_names_torch_defaults():
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (cudnn.allow_tf32, matmul.allow_tf32)
+    try:
+        cudnn.allow_tf32, matmul.allow_tf32 = True, False
+        assert common.gpu_settings().startswith(
+            "TF32 convolutions on, TF32 matmuls off (torch defaults)"
+        )
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = before
+
+
+def _panoptic(device):
+    ids = torch.tensor([[0, 1, 1], [2, 2, 3]], dtype=torch.int32, device=device)
+    segments = [
+        {"id": 1, "category_id": 4, "isthing": True},
+        {"id": 2, "category_id": 7, "isthing": False},
+        {"id": 3, "category_id": 4, "isthing": True},
+    ]
+    return ids, segments
+
+
+def test_category_map_is_on_the_panoptic_maps_device():
+    result = bench_inference.category_map(_panoptic("cpu"))
+    assert result.device.type == "cpu"
+    assert result.tolist() == [[0, 1005, 1005], [8, 8, 1005]]
+
+
+@pytest.mark.gpu
+def test_category_map_of_a_cuda_panoptic_map():
+    result = bench_inference.category_map(_panoptic("cuda"))
+    assert result.is_cuda and result.tolist() == [[0, 1005, 1005], [8, 8, 1005]]
+
+
 def _perturb(model):
     """Change the plugin's semantic predictor (randomly: a shift of every class alike would
     leave the softmax, and so the loss, unchanged)."""
@@ -37,7 +89,8 @@ def inference_case():
 def test_inference_benchmark_times_checked_models(inference_case):
     inputs, models = inference_case
     result = bench_inference.measure(*models, inputs, repeats=1, warmup=0)
-    assert result["reference"] > 0 and result["plugin"] > 0 and result["exact"] > 0
+    assert result["reference"] > 0 and result["plugin"] > 0 and result["other"] > 0
+    assert (result["plugin_layout"], result["other_layout"]) == ("channels_last", "contiguous")
     assert 0 <= result["considered"] <= result["detections"] <= 100
     assert 0 < result["logit_difference"] <= bench_inference.LOGIT_TOLERANCE
     assert bench_inference.MIN_PIXEL_AGREEMENT <= result["pixel_agreement"] <= 1
@@ -53,7 +106,7 @@ def test_inference_profile_times_every_stage_within_the_call(inference_case):
     assert set(result["semantic labels"]) == {"argmax(dim=0)", "max(dim=0).indices"}
 
 
-@pytest.mark.parametrize("perturbed", [1, 2], ids=["channels_last", "default_layout"])
+@pytest.mark.parametrize("perturbed", [1, 2], ids=["default_auto", "contiguous"])
 def test_inference_benchmark_refuses_different_outputs(perturbed):
     inputs = [{"image": bench_inference.make_image(96, 128)}]
     models = bench_inference.build_models(inputs)
@@ -62,7 +115,7 @@ def test_inference_benchmark_refuses_different_outputs(perturbed):
         bench_inference.measure(*models, inputs, repeats=1, warmup=0)
 
 
-@pytest.mark.parametrize("perturbed", [1, 2], ids=["channels_last", "default_layout"])
+@pytest.mark.parametrize("perturbed", [1, 2], ids=["default_auto", "contiguous"])
 def test_training_benchmark_checks_the_losses(perturbed):
     batch = bench_train.make_batch(1, 96, 128, "cpu")
     result = bench_train.measure_time(bench_train.build_models(batch), batch, repeats=1)
