@@ -6,9 +6,11 @@ import sys
 
 import pytest
 import torch
+from detectron2.modeling import build_model
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
-import bench_inference  # noqa: E402  (benchmarks/ is put on the path just above)
+import bench_autocast  # noqa: E402  (benchmarks/ is put on the path just above)
+import bench_inference  # noqa: E402
 import bench_train  # noqa: E402
 import common  # noqa: E402
 
@@ -126,3 +128,29 @@ def test_training_benchmark_checks_the_losses(perturbed):
     _perturb(models[perturbed])
     with pytest.raises(AssertionError, match="loss_sem_seg differs"):
         bench_train.measure_time(models, batch, repeats=1)
+
+
+def test_autocast_benchmark_refuses_missing_weights(tmp_path):
+    missing = str(tmp_path / "model_final.pth")
+    with pytest.raises(SystemExit, match=f"--weights {missing}: no such file"):
+        bench_autocast.check_weights(missing)
+
+
+def test_autocast_benchmark_times_both_precisions_and_measures_their_difference():
+    inputs = [{"image": bench_inference.make_image(96, 128)}]
+    fp32, autocast = bench_autocast.speed_models(inputs, "cpu", "bfloat16")
+    assert fp32.inference_dtype is None and autocast.inference_dtype == torch.bfloat16
+    result = bench_autocast.measure_speed([fp32, autocast], inputs, repeats=1)
+    assert result["fp32"] > 0 and result["autocast"] > 0
+    assert result["logit_difference"] > 0  # the autocast model really ran in bfloat16
+    assert 0 < result["pixel_agreement"] <= 1
+
+
+@pytest.mark.slow
+def test_autocast_benchmark_evaluates_pq_of_given_weights(tmp_path):
+    cfg = bench_autocast.quick_start_config("cpu", "", "")
+    weights = str(tmp_path / "model.pth")
+    torch.save({"model": build_model(cfg).state_dict()}, weights)
+    result = bench_autocast.evaluate_pq("cpu", weights, "bfloat16")
+    assert set(result) == set(bench_autocast.PQ_KEYS)
+    assert all(0 <= value <= 100 for value in result.values())

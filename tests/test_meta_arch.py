@@ -267,11 +267,14 @@ def test_few_sgd_steps_lower_the_total_loss():
 
 
 def _layouts(model):
-    """The set of layouts of the model's 4-D weights: "channels_last" and/or "contiguous"."""
-    return {
-        "channels_last" if w.is_contiguous(memory_format=torch.channels_last) else "contiguous"
-        for w in _conv_weights(model)
-    }
+    """The set of layouts of the model's 4-D weights: "channels_last" and/or "contiguous" (a
+    weight whose strides fit both, e.g. of a 1x1 convolution, counts as neither)."""
+    layouts = set()
+    for weight in _conv_weights(model):
+        nchw, nhwc = weight.is_contiguous(), weight.is_contiguous(memory_format=torch.channels_last)
+        if nchw != nhwc:
+            layouts.add("contiguous" if nchw else "channels_last")
+    return layouts
 
 
 def test_auto_memory_format_is_channels_last_on_cpu():
