@@ -38,6 +38,7 @@ from common import (
     update_benchmarks_md,
 )
 from panoptic_fpn_ext import add_panoptic_fpn_ext_config, merge_config_file
+from panoptic_fpn_ext.data.synthetic import SHAPES_IMAGE_SIZE, SHAPES_SPLIT_SIZES
 from panoptic_fpn_ext.engine import PanopticFPNExtTrainer
 
 QUICK_START_CONFIG = "configs/quick_start/panoptic_fpn_ext_R_18_shapes.yaml"
@@ -128,6 +129,7 @@ def report(args: argparse.Namespace, speed: Dict, pq: Dict[str, Dict[str, float]
     """Print the result and write the ``autocast-{device}`` block of BENCHMARKS.md."""
     ratio = speed["autocast"] / speed["fp32"]
     height, width = args.size
+    height_q, width_q = SHAPES_IMAGE_SIZE
     rows = "\n".join(
         f"| {name} | " + " | ".join(f"{values[k]:.2f}" for k in PQ_KEYS) + " |"
         for name, values in (("float32", pq["fp32"]), (args.dtype, pq["autocast"]))
@@ -150,7 +152,7 @@ def report(args: argparse.Namespace, speed: Dict, pq: Dict[str, Dict[str, float]
         f"categories equal on {speed['pixel_agreement']:.3%} of the pixels, "
         f"{speed['detections'][0]} and {speed['detections'][1]} detections.\n\n"
         f"Accuracy: the quick-start model (`{args.weights}`) on `panoptic_fpn_ext_shapes_val` "
-        "(100 images of 128x128), PQ evaluator:\n\n"
+        f"({SHAPES_SPLIT_SIZES['val']} images of {height_q}x{width_q}), PQ evaluator:\n\n"
         "| precision | PQ | SQ | RQ | PQ things | PQ stuff |\n|---|---|---|---|---|---|\n"
         f"{rows}\n\n{summary}.",
     )
