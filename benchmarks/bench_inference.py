@@ -16,12 +16,15 @@ and water, a few shapes) as a BGR uint8 tensor, the size Detectron2's test-time 
 images; the outputs are asked for at the same size. Each model is timed as ``model([inputs])``
 under ``torch.no_grad()``: preprocessing, backbone, RPN, RoI heads, semantic head and the
 postprocessing (semantic resize + labels, mask pasting, the panoptic combiner). The plugin runs
-twice: with its default config (channels-last memory layout) and with
-``MODEL.PANOPTIC_FPN_EXT.CHANNELS_LAST False``. The postprocessing alone is also timed on the
-same raw outputs. Outputs are checked first: identical to Detectron2's (panoptic maps,
-segments_info, semantic logits, instances) for the default layout, equal up to float rounding
-for channels-last (see :func:`check_equivalent`). ``--profile`` also prints each model's time per
-module (backbone, RPN, RoI heads, semantic head) and the two semantic-label reductions.
+twice: with its default config (``MODEL.PANOPTIC_FPN_EXT.MEMORY_FORMAT "auto"``: channels-last
+on CPU, contiguous on CUDA) and with the other layout set explicitly, so that both layouts and
+the default are timed. The postprocessing alone is also timed on the same raw outputs. Outputs
+are checked first, with TF32 off on a GPU (``common.tf32_disabled``): identical to Detectron2's
+(panoptic maps, segments_info, semantic logits, instances) in the contiguous layout, equal up to
+float rounding in channels-last (see :func:`check_equivalent`). Timings are taken with the
+settings users get (torch's defaults: TF32 cuDNN convolutions on a GPU), named in the block.
+``--profile`` also prints each model's time per module (backbone, RPN, RoI heads, semantic head)
+and the two semantic-label reductions.
 """
 
 import argparse
@@ -45,11 +48,13 @@ from common import (
     machine_description,
     median_seconds,
     synchronize,
+    tf32_disabled,
     update_benchmarks_md,
 )
 from panoptic_fpn_ext import add_panoptic_fpn_ext_config, merge_config_file
 from panoptic_fpn_ext.data.synthetic import random_shapes_scene
 from panoptic_fpn_ext.modeling import PanopticFPNExt  # noqa: F401 (registers the meta-arch)
+from panoptic_fpn_ext.modeling.device_settings import resolve_memory_format
 
 REFERENCE_CONFIG = "COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml"
 PLUGIN_CONFIG = "configs/COCO-PanopticSegmentation/panoptic_fpn_ext_R_50_1x.yaml"
@@ -67,14 +72,14 @@ SCORE_TOLERANCE = 1e-3
 MIN_PIXEL_AGREEMENT = 0.999
 
 
-def model_config(plugin: bool, device: str, channels_last: bool = True) -> CfgNode:
-    """The R50-FPN 1x COCO panoptic config: the plugin's (with its default channels-last layout
-    unless ``channels_last`` is False), or Detectron2's model-zoo one."""
+def model_config(plugin: bool, device: str, memory_format: str = "auto") -> CfgNode:
+    """The R50-FPN 1x COCO panoptic config: the plugin's (with ``MEMORY_FORMAT``
+    ``memory_format``), or Detectron2's model-zoo one."""
     cfg = get_cfg()
     if plugin:
         add_panoptic_fpn_ext_config(cfg)
         merge_config_file(cfg, PLUGIN_CONFIG)
-        cfg.MODEL.PANOPTIC_FPN_EXT.CHANNELS_LAST = channels_last
+        cfg.MODEL.PANOPTIC_FPN_EXT.MEMORY_FORMAT = memory_format
     else:
         cfg.merge_from_file(model_zoo.get_config_file(REFERENCE_CONFIG))
     cfg.MODEL.WEIGHTS = ""
@@ -147,18 +152,31 @@ def calibrate(model: nn.Module, inputs: List[Dict]) -> None:
     model.train(was_training)
 
 
+def layout_name(model: nn.Module) -> str:
+    """The MEMORY_FORMAT value that gives ``model``'s layout: "channels_last" or "contiguous"."""
+    is_channels_last = model.applied_memory_format == torch.channels_last
+    return "channels_last" if is_channels_last else "contiguous"
+
+
+def other_layout(device: str) -> str:
+    """The explicit MEMORY_FORMAT that "auto" does not pick on ``device``."""
+    auto = resolve_memory_format("auto", device)
+    return "contiguous" if auto == torch.channels_last else "channels_last"
+
+
 def build_models(
     inputs: List[Dict], device: str = "cpu", seed: int = 0
 ) -> Tuple[nn.Module, nn.Module, nn.Module]:
     """Detectron2's PanopticFPN (random init with ``seed``, calibrated on ``inputs``), and
-    PanopticFPNExt with its state_dict loaded strictly: in its default channels-last layout, and
-    with ``CHANNELS_LAST`` False. All three in eval mode on ``device``."""
+    PanopticFPNExt with its state_dict loaded strictly: with its default config (MEMORY_FORMAT
+    "auto"), and with the layout that "auto" does not pick on ``device``
+    (:func:`other_layout`). All three in eval mode on ``device``."""
     torch.manual_seed(seed)
     reference = build_model(model_config(plugin=False, device=device))
     calibrate(reference, inputs)
     plugins = []
-    for channels_last in (True, False):
-        plugin = build_model(model_config(True, device, channels_last))
+    for memory_format in ("auto", other_layout(device)):
+        plugin = build_model(model_config(True, device, memory_format))
         plugin.load_state_dict(reference.state_dict(), strict=True)
         plugins.append(plugin.eval())
     return (reference.eval(), *plugins)
@@ -208,13 +226,14 @@ def check_identical(expected: List[Dict], actual: List[Dict]) -> None:
 
 
 def category_map(panoptic_seg: Tuple[torch.Tensor, List[Dict]]) -> torch.Tensor:
-    """int64 (H, W): 0 on void, else 1 + category id (+ 1000 for things). Segment ids follow the
-    score order, which near-equal scores may change; the categories of the pixels do not."""
+    """int64 (H, W), on the panoptic map's device: 0 on void, else 1 + category id (+ 1000 for
+    things). Segment ids follow the score order, which near-equal scores may change; the
+    categories of the pixels do not."""
     id_map, segments = panoptic_seg
     table = torch.zeros(int(id_map.max()) + 1, dtype=torch.int64)
     for s in segments:
         table[s["id"]] = 1 + s["category_id"] + 1000 * s["isthing"]
-    return table[id_map.long()]
+    return table.to(id_map.device)[id_map.long()]
 
 
 def check_equivalent(expected: List[Dict], actual: List[Dict]) -> Dict[str, float]:
@@ -257,42 +276,62 @@ def instance_counts(model: nn.Module, output: Dict) -> Dict[str, int]:
     }
 
 
+def check_outputs(
+    reference: nn.Module, plugins: Tuple[nn.Module, nn.Module], inputs: List[Dict]
+) -> Dict[str, float]:
+    """With TF32 off: the plugin in the contiguous layout gives outputs identical to Detectron2's
+    (end to end, and its postprocessing on Detectron2's raw outputs; :func:`check_identical`),
+    in channels-last equal up to float rounding (:func:`check_equivalent`).
+
+    Returns:
+        :func:`instance_counts` of the first image and the :func:`check_equivalent` figures.
+    """
+    with tf32_disabled():
+        expected = reference(inputs)
+        raw = reference.inference(inputs, do_postprocess=False)
+        check_identical(expected, reference_postprocess(reference, raw, inputs))
+        result: Dict[str, float] = dict(instance_counts(reference, expected[0]))
+        for plugin in plugins:
+            if layout_name(plugin) == "contiguous":
+                check_identical(expected, plugin(inputs))
+                check_identical(expected, plugin_postprocess(plugin, raw, inputs))
+            else:
+                result.update(check_equivalent(expected, plugin(inputs)))
+    return result
+
+
 @torch.no_grad()
 def measure(
     reference: nn.Module,
     plugin: nn.Module,
-    exact: nn.Module,
+    other: nn.Module,
     inputs: List[Dict],
     repeats: int,
     warmup: int = 1,
 ) -> Dict[str, float]:
-    """Check the outputs (``exact``, the plugin with ``CHANNELS_LAST`` False: identical to
-    Detectron2's; ``plugin``, its default: equivalent, see :func:`check_equivalent`), then time
-    the three models.
+    """Check the outputs (:func:`check_outputs`; ``plugin`` has the default config, ``other``
+    the other memory layout), then time the three models with the current (default) settings.
 
     Returns:
         median seconds per call (``repeats`` rounds after ``warmup``, the models alternating
-        within each round): "reference", "plugin", "exact" (``model(inputs)``),
+        within each round): "reference", "plugin", "other" (``model(inputs)``),
         "reference_post" and "plugin_post" (their postprocessing on the same raw outputs);
-        "logit_difference" and "pixel_agreement" from :func:`check_equivalent`; and the
-        :func:`instance_counts` of the first image.
+        "plugin_layout" and "other_layout" (:func:`layout_name`); "logit_difference" and
+        "pixel_agreement" from :func:`check_equivalent`; and the :func:`instance_counts` of the
+        first image.
     """
-    expected = reference(inputs)
-    check_identical(expected, exact(inputs))
-    raw = reference.inference(inputs, do_postprocess=False)
-    check_identical(expected, plugin_postprocess(exact, raw, inputs))
-    check_identical(expected, reference_postprocess(reference, raw, inputs))
-    result: Dict[str, float] = dict(instance_counts(reference, expected[0]))
-    result.update(check_equivalent(expected, plugin(inputs)))
-    result["reference"], result["plugin"], result["exact"] = alternating_medians(
-        [lambda: reference(inputs), lambda: plugin(inputs), lambda: exact(inputs)],
+    result = check_outputs(reference, (plugin, other), inputs)
+    result["plugin_layout"], result["other_layout"] = layout_name(plugin), layout_name(other)
+    result["reference"], result["plugin"], result["other"] = alternating_medians(
+        [lambda: reference(inputs), lambda: plugin(inputs), lambda: other(inputs)],
         repeats,
         warmup,
     )
+    raw = reference.inference(inputs, do_postprocess=False)
     result["reference_post"], result["plugin_post"] = alternating_medians(
         [
             lambda: reference_postprocess(reference, raw, inputs),
-            lambda: plugin_postprocess(exact, raw, inputs),
+            lambda: plugin_postprocess(plugin, raw, inputs),
         ],
         repeats,
         warmup,
@@ -302,12 +341,14 @@ def measure(
 
 def report(args: argparse.Namespace, r: Dict[str, float]) -> None:
     """Print the result and write the ``inference-{device}`` block of BENCHMARKS.md."""
-    ratio, exact_ratio = r["plugin"] / r["reference"], r["exact"] / r["reference"]
+    ratio, other_ratio = r["plugin"] / r["reference"], r["other"] / r["reference"]
     post_ratio = r["plugin_post"] / r["reference_post"]
+    default = f"plugin's default config (`auto`: {r['plugin_layout']})"
+    other = f"plugin with `MEMORY_FORMAT {r['other_layout']}`"
     print(
-        f"Detectron2 {r['reference'] * 1e3:.0f} ms | plugin {r['plugin'] * 1e3:.0f} ms "
-        f"({ratio:.3f}x) | plugin, CHANNELS_LAST False {r['exact'] * 1e3:.0f} ms "
-        f"({exact_ratio:.3f}x) | postprocessing: Detectron2 {r['reference_post'] * 1e3:.1f} ms, "
+        f"Detectron2 {r['reference'] * 1e3:.0f} ms | {default} {r['plugin'] * 1e3:.0f} ms "
+        f"({ratio:.3f}x) | {other} {r['other'] * 1e3:.0f} ms ({other_ratio:.3f}x) | "
+        f"postprocessing: Detectron2 {r['reference_post'] * 1e3:.1f} ms, "
         f"plugin {r['plugin_post'] * 1e3:.1f} ms ({post_ratio:.3f}x) | {r['detections']} "
         f"detections, {r['considered']} considered by the combiner, {r['things']} thing + "
         f"{r['stuff']} stuff segments | channels-last: logits within "
@@ -330,17 +371,17 @@ def report(args: argparse.Namespace, r: Dict[str, float]) -> None:
         f"{r['considered']} score at least {r['threshold']:g} and reach the combiner's "
         f"placement loop; the panoptic map has {r['things']} thing and {r['stuff']} stuff "
         "segments.\n\n"
-        "Outputs checked: with `MODEL.PANOPTIC_FPN_EXT.CHANNELS_LAST False` identical to "
-        "Detectron2's (panoptic map, segments_info, semantic logits, instances); with the "
-        "default channels-last layout equal up to float rounding: semantic logits within "
+        "Outputs checked (with TF32 off on a GPU): in the contiguous layout identical to "
+        "Detectron2's (panoptic map, segments_info, semantic logits, instances); in "
+        "channels-last equal up to float rounding: semantic logits within "
         f"{r['logit_difference']:.1e} of the largest logit, the same number of detections with "
         f"scores within {SCORE_TOLERANCE:g}, panoptic categories equal on "
         f"{r['pixel_agreement']:.4%} of the pixels.\n\n"
         "| part | Detectron2 (ms) | plugin (ms) | plugin / Detectron2 |\n|---|---|---|---|\n"
-        f"| `model([inputs])`, end to end, plugin's default config (channels-last) | "
+        f"| `model([inputs])`, end to end, {default} | "
         f"{r['reference'] * 1e3:.0f} | {r['plugin'] * 1e3:.0f} | {ratio:.3f}x |\n"
-        f"| `model([inputs])`, end to end, plugin with `CHANNELS_LAST False` | "
-        f"{r['reference'] * 1e3:.0f} | {r['exact'] * 1e3:.0f} | {exact_ratio:.3f}x |\n"
+        f"| `model([inputs])`, end to end, {other} | "
+        f"{r['reference'] * 1e3:.0f} | {r['other'] * 1e3:.0f} | {other_ratio:.3f}x |\n"
         f"| postprocessing alone (semantic resize and labels, mask paste, combiner) | "
         f"{r['reference_post'] * 1e3:.1f} | {r['plugin_post'] * 1e3:.1f} | {post_ratio:.3f}x |\n\n"
         f"End to end with the default config: **{ratio:.3f}x** (target {verdict}).",
@@ -429,7 +470,7 @@ def main() -> None:
     models = build_models(inputs, args.device, args.seed)
     report(args, measure(*models, inputs, args.repeats))
     if args.profile:
-        names = ("Detectron2", "plugin", "plugin, CHANNELS_LAST False")
+        names = ("Detectron2", "plugin (auto)", f"plugin, {layout_name(models[2])}")
         print_profile(profile(dict(zip(names, models)), inputs, args.repeats))
 
 

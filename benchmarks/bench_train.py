@@ -10,13 +10,15 @@ Default size: 384x640 on CPU (an 800x1333 iteration takes minutes on 2 cores), 8
 
 The models come from their COCO panoptic R50-FPN 1x configs with the same weights (Detectron2's
 randomly initialised with a fixed seed and calibrated as in ``bench_inference.py``, then loaded
-strictly into the plugin); the plugin runs with its default config (channels-last memory layout)
-and with ``MODEL.PANOPTIC_FPN_EXT.CHANNELS_LAST False``. Before timing, one iteration of each
-from identical states (same weights, same RNG state for the proposal sampling) is checked to give
-Detectron2's losses: to ``LOSS_RTOL`` in the default layout, to ``CHANNELS_LAST_LOSS_RTOL`` in
-channels-last (its float rounding can reorder near-tied proposals, so the sampled RoIs may
-differ slightly). Times are medians over rounds of one iteration of each model (each model keeps
-training on the batch).
+strictly into the plugin); the plugin runs with its default config
+(``MODEL.PANOPTIC_FPN_EXT.MEMORY_FORMAT "auto"``: channels-last on CPU, contiguous on CUDA) and
+with the other layout set explicitly. Before timing, one iteration of each from identical states
+(same weights, same RNG state for the proposal sampling) is checked, with TF32 off on a GPU
+(``common.tf32_disabled``), to give Detectron2's losses: to ``LOSS_RTOL`` in the contiguous
+layout, to ``CHANNELS_LAST_LOSS_RTOL`` in channels-last (its float rounding can reorder
+near-tied proposals, so the sampled RoIs may differ slightly). Times are medians over rounds of
+one iteration of each model (each model keeps training on the batch), taken with the settings
+users get (torch's defaults: TF32 cuDNN convolutions on a GPU), named in the block.
 
 Peak memory: each model runs in a fresh process (so that the peaks do not mix) one warm-up
 iteration (which allocates the optimizer state), then the measured one. On CPU it is the growth
@@ -37,7 +39,7 @@ from detectron2.structures import BitMasks, Instances
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from bench_inference import calibrate, model_config
+from bench_inference import calibrate, layout_name, model_config, other_layout
 from common import (
     alternating_medians,
     command_line,
@@ -46,6 +48,7 @@ from common import (
     machine_description,
     reset_peak_rss,
     status_kib,
+    tf32_disabled,
     update_benchmarks_md,
 )
 from panoptic_fpn_ext.data.synthetic import THING_IDS, random_shapes_scene
@@ -55,9 +58,9 @@ STUFF_LABELS = {11: 1, 12: 2, 13: 3}  # sky, ground, water -> semantic labels (0
 IGNORE = 255
 LOSS_RTOL = 1e-4
 CHANNELS_LAST_LOSS_RTOL = 1e-2
-# The models measured: Detectron2's, the plugin's default config, the plugin in the default
-# memory layout.
-ROUTES = ("reference", "plugin", "exact")
+# The models measured: Detectron2's, the plugin's default config (MEMORY_FORMAT "auto"), the
+# plugin in the layout that "auto" does not pick on the device.
+ROUTES = ("reference", "plugin", "other")
 
 
 def make_example(height: int, width: int, seed: int) -> Dict:
@@ -102,9 +105,8 @@ def build_models(
     batch: List[Dict], device: str = "cpu", seed: int = 0
 ) -> Tuple[nn.Module, nn.Module, nn.Module]:
     """Detectron2's PanopticFPN (random init with ``seed``, calibrated on ``batch``) and
-    PanopticFPNExt with its state_dict loaded strictly, in its default channels-last layout and
-    with ``CHANNELS_LAST`` False (the models of :data:`ROUTES`); all in training mode on
-    ``device``."""
+    PanopticFPNExt with its state_dict loaded strictly, with its default config and in the other
+    layout (the models of :data:`ROUTES`); all in training mode on ``device``."""
     torch.manual_seed(seed)
     reference = build_model_for("reference", device)
     calibrate(reference, batch)
@@ -118,7 +120,8 @@ def build_models(
 
 def build_model_for(route: str, device: str) -> nn.Module:
     """An unloaded model of one of :data:`ROUTES`."""
-    return build_model(model_config(route != "reference", device, channels_last=route == "plugin"))
+    memory_format = other_layout(device) if route == "other" else "auto"
+    return build_model(model_config(route != "reference", device, memory_format))
 
 
 class Trainer:
@@ -182,16 +185,25 @@ def measure_time(
     """Check the losses, then time training iterations of the models of :data:`ROUTES`.
 
     The models must hold the same weights; they are trained in place. Their first iterations,
-    from the same RNG state, give the losses checked. Returns {"losses": the
+    from the same RNG state and with TF32 off, give the losses checked (to ``LOSS_RTOL`` in the
+    contiguous layout, ``CHANNELS_LAST_LOSS_RTOL`` in channels-last). Returns {"losses": the
     reference's first losses, "channels_last_difference": the largest relative loss difference
-    of the channels-last plugin, and per route: median seconds per iteration}.
+    of the channels-last plugin, "plugin_layout" and "other_layout" (``layout_name``), and per
+    route: median seconds per iteration}.
     """
     trainers = [Trainer(model, batch, amp) for model in models]
-    losses, plugin_losses, exact_losses = (first_losses(trainer) for trainer in trainers)
-    compare_losses(losses, exact_losses, LOSS_RTOL)
-    difference = compare_losses(losses, plugin_losses, CHANNELS_LAST_LOSS_RTOL)
+    with tf32_disabled():
+        losses, *plugin_losses = (first_losses(trainer) for trainer in trainers)
+    result = {"losses": losses}
+    for route, model, actual in zip(ROUTES[1:], models[1:], plugin_losses):
+        result[route + "_layout"] = layout_name(model)
+        if result[route + "_layout"] == "contiguous":
+            compare_losses(losses, actual, LOSS_RTOL)
+        else:
+            difference = compare_losses(losses, actual, CHANNELS_LAST_LOSS_RTOL)
+            result["channels_last_difference"] = difference
     times = alternating_medians(trainers, repeats)
-    return {"losses": losses, "channels_last_difference": difference, **dict(zip(ROUTES, times))}
+    return {**result, **dict(zip(ROUTES, times))}
 
 
 # ---------------------------------------------------------------- peak memory
@@ -242,7 +254,10 @@ def measure_all(args: argparse.Namespace) -> List[Dict[str, object]]:
                 f" | {name} {row[route]:.2f} s ({row[route] / row['reference']:.3f}x), "
                 f"{row[route + '_memory']:.0f} MiB "
                 f"({row[route + '_memory'] / row['reference_memory']:.3f}x)"
-                for route, name in (("plugin", "plugin"), ("exact", "plugin CHANNELS_LAST False"))
+                for route, name in (
+                    ("plugin", f"plugin (auto: {row['plugin_layout']})"),
+                    ("other", f"plugin MEMORY_FORMAT {row['other_layout']}"),
+                )
             ),
             flush=True,
         )
@@ -267,8 +282,8 @@ def report(args: argparse.Namespace, rows: List[Dict[str, object]]) -> None:
         _table_row(r, route, label)
         for r in rows
         for route, label in (
-            ("plugin", "default (channels-last)"),
-            ("exact", "`CHANNELS_LAST False`"),
+            ("plugin", f"default (`auto`: {r['plugin_layout']})"),
+            ("other", f"`MEMORY_FORMAT {r['other_layout']}`"),
         )
     )
     worst = max(
@@ -282,7 +297,8 @@ def report(args: argparse.Namespace, rows: List[Dict[str, object]]) -> None:
         speedup = {route: rows[0][route] / rows[1][route] for route in ROUTES}
         summary += (
             f" AMP vs fp32: Detectron2 {speedup['reference']:.2f}x, plugin "
-            f"{speedup['plugin']:.2f}x (`CHANNELS_LAST False`: {speedup['exact']:.2f}x) faster "
+            f"{speedup['plugin']:.2f}x (`MEMORY_FORMAT {rows[0]['other_layout']}`: "
+            f"{speedup['other']:.2f}x) faster "
             "(target: at least 1.5x on GPU)."
         )
     losses = ", ".join(f"{k} {v:.3g}" for k, v in rows[0]["losses"].items())
@@ -295,8 +311,9 @@ def report(args: argparse.Namespace, rows: List[Dict[str, object]]) -> None:
         "backward, SGD step (Detectron2's build_optimizer). Same weights (random init, seed "
         f'{args.seed}, calibrated as in bench_inference.py) and batch (2 synthetic "shapes" '
         "scenes with instance masks and semantic targets); losses of the first iteration "
-        f"checked equal to {LOSS_RTOL:g} relative with `CHANNELS_LAST False` ({losses}) and to "
-        f"{CHANNELS_LAST_LOSS_RTOL:g} in the default channels-last layout (largest difference "
+        f"checked (with TF32 off on a GPU) equal to {LOSS_RTOL:g} relative in the contiguous "
+        f"layout ({losses}) and to {CHANNELS_LAST_LOSS_RTOL:g} in channels-last (largest "
+        "difference "
         f"{differences}: float rounding can reorder near-tied proposals, and so the sampled "
         f"RoIs). Memory: {memory} during one iteration after a warm-up one, each model in a "
         f"fresh process (glibc mmap threshold {PROBE_MMAP_THRESHOLD // 1024} KiB, so that freed "

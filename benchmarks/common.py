@@ -4,6 +4,7 @@ Every benchmark measures the reference and the plugin in the same run and report
 absolute times are only meaningful on the machine that printed them.
 """
 
+import contextlib
 import multiprocessing
 import os
 import platform
@@ -11,7 +12,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, List
+from typing import Any, Callable, Iterator, List
 
 import torch
 
@@ -62,10 +63,41 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
+@contextlib.contextmanager
+def tf32_disabled() -> Iterator[None]:
+    """Within the block, CUDA convolutions and matmuls compute float32 in full float32, not
+    TF32 (torch's default lets cuDNN convolutions use TF32, ~10 mantissa bits on Ampere and
+    later GPUs: too coarse for checking that two layouts or implementations agree). The previous
+    settings are restored on exit, also after an exception. No effect on CPU computations."""
+    previous = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def gpu_settings() -> str:
+    """The precision settings in effect for CUDA float32 work, e.g. "TF32 convolutions on, TF32
+    matmuls off (torch defaults)"."""
+    convolutions = torch.backends.cudnn.allow_tf32
+    matmuls = torch.backends.cuda.matmul.allow_tf32
+    defaults = " (torch defaults)" if (convolutions, matmuls) == (True, False) else ""
+    return (
+        f"TF32 convolutions {'on' if convolutions else 'off'}, TF32 matmuls "
+        f"{'on' if matmuls else 'off'}{defaults}, cuDNN benchmark "
+        f"{'on' if torch.backends.cudnn.benchmark else 'off'}"
+    )
+
+
 def machine_description(device: str = "cpu") -> str:
-    """One line naming the device the numbers were measured on."""
+    """One line naming the device the numbers were measured on (on a GPU, with the precision
+    settings of :func:`gpu_settings` in effect while timing)."""
     if device.startswith("cuda"):
-        return f"GPU {torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+        return (
+            f"GPU {torch.cuda.get_device_name(device)}, torch {torch.__version__}, "
+            f"{gpu_settings()}"
+        )
     return (
         f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}"

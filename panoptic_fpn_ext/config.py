@@ -49,12 +49,27 @@ def add_panoptic_fpn_ext_config(cfg: CN) -> None:
     # Entry of PANOPTIC_COMBINER_REGISTRY that turns instances + semantic labels into a panoptic
     # map. Its thresholds are Detectron2's MODEL.PANOPTIC_FPN.COMBINE.* keys.
     cfg.MODEL.PANOPTIC_FPN_EXT.COMBINER_NAME = "PanopticHeuristicCombiner"
-    # Hold the model's weights and activations in channels-last (NHWC) memory layout. Same
-    # network and weights; convolutions then take faster kernels (on CPU the R50-FPN backbone is
-    # ~30% faster, see BENCHMARKS.md; GPU not measured yet), and results differ from the default
-    # layout's only by float rounding. False gives outputs bit-identical to Detectron2's
-    # PanopticFPN with the same weights.
-    cfg.MODEL.PANOPTIC_FPN_EXT.CHANNELS_LAST = True
+    # Memory layout of the weights and activations: "channels_last" (NHWC; the same network and
+    # weights, convolutions take other kernels, results differ from NCHW only by float
+    # rounding), "contiguous" (Detectron2's NCHW: outputs bit-identical to Detectron2's
+    # PanopticFPN with the same weights), or "auto": per the model's device (MODEL.DEVICE, or
+    # wherever model.to() moves it), the layout measured faster there (BENCHMARKS.md):
+    # channels-last on CPU (R50-FPN inference ~3% faster than NCHW; training at parity),
+    # contiguous on CUDA (channels-last was 1.12x inference time, 1.04x training memory on an
+    # H200). The former CHANNELS_LAST key (True/False) is renamed: channels_last/contiguous.
+    cfg.MODEL.PANOPTIC_FPN_EXT.MEMORY_FORMAT = "auto"
+    cfg.register_renamed_key(
+        "MODEL.PANOPTIC_FPN_EXT.CHANNELS_LAST",
+        "MODEL.PANOPTIC_FPN_EXT.MEMORY_FORMAT",
+        message='CHANNELS_LAST True is MEMORY_FORMAT "channels_last", False is "contiguous"; '
+        'the default is "auto" (channels-last on CPU, contiguous on CUDA).',
+    )
+    # Run the network at inference under torch.autocast in this dtype on the model's device:
+    # "" (float32, the default), "float16" or "bfloat16" (both CPU and CUDA). Postprocessing
+    # still gets float32 raw outputs, and outputs keep their dtypes. PQ on the shapes set and
+    # speed: `python benchmarks/bench_autocast.py` (BENCHMARKS.md). Training precision is
+    # Detectron2's SOLVER.AMP.
+    cfg.MODEL.PANOPTIC_FPN_EXT.INFERENCE_AUTOCAST = ""
 
     cfg.PANOPTIC_FPN_EXT = CN()
     # Semantic target made by PanopticDatasetMapper: "stuff_and_other" for Panoptic FPN (0 = every
@@ -163,6 +178,12 @@ def _check_range(cfg: CN, key: str, low: float, high: float) -> None:
         raise ValueError(f"Config key {key} = {value!r} is out of range: expected {low} to {high}")
 
 
+def _check_choice(cfg: CN, key: str, choices: tuple) -> None:
+    value = _lookup(cfg, key)
+    if value not in choices:
+        raise ValueError(f"Config key {key} = {value!r}; expected one of {choices}")
+
+
 def _lookup(cfg: CN, key: str):
     node = cfg
     for part in key.split("."):
@@ -212,6 +233,7 @@ def validate_config(cfg: CN) -> None:
                 f"expected any of {EXPORT_FORMATS}"
             )
     from .modeling import PANOPTIC_COMBINER_REGISTRY  # the registry is filled at import time
+    from .modeling.device_settings import AUTOCAST_DTYPES, MEMORY_FORMATS
 
     name = cfg.MODEL.PANOPTIC_FPN_EXT.COMBINER_NAME
     if name not in PANOPTIC_COMBINER_REGISTRY:
@@ -220,6 +242,8 @@ def validate_config(cfg: CN) -> None:
             f"Config key MODEL.PANOPTIC_FPN_EXT.COMBINER_NAME = {name!r} is not in "
             f"PANOPTIC_COMBINER_REGISTRY; registered: {registered}"
         )
+    _check_choice(cfg, "MODEL.PANOPTIC_FPN_EXT.MEMORY_FORMAT", MEMORY_FORMATS)
+    _check_choice(cfg, "MODEL.PANOPTIC_FPN_EXT.INFERENCE_AUTOCAST", tuple(AUTOCAST_DTYPES))
     _check_device(cfg)
     _check_datasets(cfg, "DATASETS.TRAIN")
     _check_datasets(cfg, "DATASETS.TEST")

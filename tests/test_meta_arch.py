@@ -14,11 +14,12 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from panoptic_fpn_ext import add_panoptic_fpn_ext_config, merge_config_file
-from panoptic_fpn_ext.modeling import PANOPTIC_COMBINER_REGISTRY
+from panoptic_fpn_ext.modeling import PANOPTIC_COMBINER_REGISTRY, PanopticFPNExt
 from panoptic_fpn_ext.registration import register_once
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
 from bench_inference import category_map  # noqa: E402  (benchmarks/ is put on the path above)
+from common import tf32_disabled  # noqa: E402
 
 TINY = "configs/quick_start/panoptic_fpn_ext_R_18_shapes.yaml"
 SIZE = 96
@@ -32,14 +33,14 @@ LOSS_KEYS = {
 }
 
 
-def tiny_cfg(builtin: bool = False, channels_last: bool = False):
+def tiny_cfg(builtin: bool = False, memory_format: str = "contiguous"):
     """A small R18 Panoptic FPN; ``builtin`` selects Detectron2's PanopticFPN + SemSegFPNHead.
-    The plugin's model uses the default memory layout unless ``channels_last`` (outputs
-    bit-identical to Detectron2's need it)."""
+    The plugin's model has ``MEMORY_FORMAT`` ``memory_format`` (outputs bit-identical to
+    Detectron2's need "contiguous")."""
     cfg = get_cfg()
     add_panoptic_fpn_ext_config(cfg)
     merge_config_file(cfg, TINY)
-    cfg.MODEL.PANOPTIC_FPN_EXT.CHANNELS_LAST = channels_last
+    cfg.MODEL.PANOPTIC_FPN_EXT.MEMORY_FORMAT = memory_format
     if builtin:
         cfg.MODEL.META_ARCHITECTURE = "PanopticFPN"
         cfg.MODEL.SEM_SEG_HEAD.NAME = "SemSegFPNHead"
@@ -130,7 +131,7 @@ def _conv_weights(model):
 
 def test_channels_last_model_gives_detectron2_outputs_up_to_rounding(models):
     ours, theirs = models
-    fast = build_model(tiny_cfg(channels_last=True)).eval()
+    fast = build_model(tiny_cfg(memory_format="channels_last")).eval()
     fast.load_state_dict(theirs.state_dict(), strict=True)
     weights = _conv_weights(fast)
     assert len(weights) > 20
@@ -154,7 +155,7 @@ def test_channels_last_weights_are_the_loaded_values(models):
     """A channels-last model's state_dict holds exactly the weights it was given: Detectron2's
     PanopticFPN loaded from it gives outputs identical to the original's."""
     _, theirs = models
-    fast = build_model(tiny_cfg(channels_last=True))
+    fast = build_model(tiny_cfg(memory_format="channels_last"))
     fast.load_state_dict(theirs.state_dict(), strict=True)
     again = build_model(tiny_cfg(builtin=True)).eval()
     again.load_state_dict(fast.state_dict(), strict=True)
@@ -168,7 +169,7 @@ def test_channels_last_weights_are_the_loaded_values(models):
 def test_channels_last_training_gives_the_same_losses_and_gradients():
     torch.manual_seed(0)
     exact = build_model(tiny_cfg())
-    fast = build_model(tiny_cfg(channels_last=True))
+    fast = build_model(tiny_cfg(memory_format="channels_last"))
     fast.load_state_dict(exact.state_dict(), strict=True)
     results = []
     for model in (exact, fast):
@@ -265,21 +266,122 @@ def test_few_sgd_steps_lower_the_total_loss():
     assert totals[-1] < 0.8 * totals[0], totals
 
 
+def _layouts(model):
+    """The set of layouts of the model's 4-D weights: "channels_last" and/or "contiguous" (a
+    weight whose strides fit both, e.g. of a 1x1 convolution, counts as neither)."""
+    layouts = set()
+    for weight in _conv_weights(model):
+        nchw, nhwc = weight.is_contiguous(), weight.is_contiguous(memory_format=torch.channels_last)
+        if nchw != nhwc:
+            layouts.add("contiguous" if nchw else "channels_last")
+    return layouts
+
+
+def test_auto_memory_format_is_channels_last_on_cpu():
+    model = build_model(tiny_cfg(memory_format="auto"))
+    assert model.device.type == "cpu"
+    assert model.applied_memory_format == torch.channels_last
+    assert _layouts(model) == {"channels_last"}
+
+
+def test_memory_format_follows_the_device_the_model_moves_to():
+    """``auto`` re-resolves on ``model.to(device)``: on a device other than the CPU (here "meta",
+    which holds no data) it is Detectron2's contiguous layout; explicit formats stay."""
+    auto = build_model(tiny_cfg(memory_format="auto")).to("meta")
+    assert auto.device.type == "meta" and auto.applied_memory_format == torch.contiguous_format
+    assert _layouts(auto) == {"contiguous"}
+    explicit = build_model(tiny_cfg(memory_format="channels_last")).to("meta")
+    assert _layouts(explicit) == {"channels_last"}
+
+
+def test_direct_construction_has_the_config_default_memory_format():
+    defaults = get_cfg()
+    add_panoptic_fpn_ext_config(defaults)
+    cfg = tiny_cfg(memory_format=defaults.MODEL.PANOPTIC_FPN_EXT.MEMORY_FORMAT)
+    from_yaml = build_model(cfg)
+    arguments = PanopticFPNExt.from_config(cfg)
+    del arguments["memory_format"]
+    direct = PanopticFPNExt(**arguments)
+    assert direct.memory_format == from_yaml.memory_format == "auto"
+    assert _layouts(direct) == _layouts(from_yaml) == {"channels_last"}
+
+
+def test_invalid_memory_format_names_the_argument():
+    arguments = PanopticFPNExt.from_config(tiny_cfg())
+    arguments["memory_format"] = "nhwc"
+    with pytest.raises(ValueError, match="memory_format = 'nhwc'; expected one of"):
+        PanopticFPNExt(**arguments)
+    cfg = tiny_cfg(memory_format="channels-last")
+    with pytest.raises(ValueError, match="MODEL.PANOPTIC_FPN_EXT.MEMORY_FORMAT = 'channels-last'"):
+        build_model(cfg)
+
+
+def _autocast_model(models, setting):
+    cfg = tiny_cfg()
+    cfg.MODEL.PANOPTIC_FPN_EXT.INFERENCE_AUTOCAST = setting
+    model = build_model(cfg).eval()
+    model.load_state_dict(models[0].state_dict(), strict=True)
+    return model
+
+
+def test_bfloat16_inference_keeps_the_output_dtypes(models):
+    ours, _ = models
+    fast = _autocast_model(models, "bfloat16")
+    with torch.no_grad():
+        outputs, reference = fast(images_only(batch())), ours(images_only(batch()))
+        raw_instances, raw_sem_seg = fast.inference(images_only(batch()), do_postprocess=False)
+    assert raw_sem_seg.dtype == torch.float32
+    for raw in raw_instances:
+        assert raw.pred_boxes.tensor.dtype == raw.scores.dtype == torch.float32
+        assert raw.pred_masks.dtype == torch.float32
+    for x, y in zip(outputs, reference):
+        assert len(x["instances"]) > 0
+        assert x["sem_seg"].dtype == torch.float32 and x["sem_seg"].shape == y["sem_seg"].shape
+        assert x["instances"].pred_boxes.tensor.dtype == torch.float32
+        assert x["instances"].scores.dtype == torch.float32
+        assert x["instances"].pred_masks.dtype == torch.bool
+        assert x["panoptic_seg"][0].dtype == torch.int32
+        # the network really ran in bfloat16 (~3 significant digits), and still gives the same
+        # semantic logits to that precision
+        assert not torch.equal(x["sem_seg"], y["sem_seg"])
+        scale = y["sem_seg"].abs().max()
+        assert (x["sem_seg"] - y["sem_seg"]).abs().max() < 0.05 * scale
+
+
+def test_invalid_inference_autocast_names_the_key(models):
+    with pytest.raises(ValueError, match="MODEL.PANOPTIC_FPN_EXT.INFERENCE_AUTOCAST = 'fp16'"):
+        _autocast_model(models, "fp16")
+
+
 @pytest.mark.gpu
-def test_cuda_model_matches_detectron2():
+def test_cuda_auto_memory_format_is_contiguous_and_matches_detectron2():
     torch.manual_seed(0)
-    cfg, builtin = tiny_cfg(), tiny_cfg(builtin=True)
+    cfg, builtin = tiny_cfg(memory_format="auto"), tiny_cfg(builtin=True)
     cfg.MODEL.DEVICE = builtin.MODEL.DEVICE = "cuda"
     theirs = build_model(builtin).eval()
     ours = build_model(cfg).eval()
     ours.load_state_dict(theirs.state_dict(), strict=True)
-    assert ours.device.type == "cuda"
-    with torch.no_grad():
+    assert ours.device.type == "cuda" and _layouts(ours) == {"contiguous"}
+    with tf32_disabled(), torch.no_grad():
         a, b = ours(images_only(batch())), theirs(images_only(batch()))
     for x, y in zip(a, b):
         assert len(x["instances"]) > 0 and x["panoptic_seg"][0].is_cuda
         assert torch.equal(x["panoptic_seg"][0], y["panoptic_seg"][0])
         assert x["panoptic_seg"][1] == y["panoptic_seg"][1]
+        assert torch.equal(x["sem_seg"], y["sem_seg"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("setting", ["float16", "bfloat16"])
+def test_cuda_autocast_inference_keeps_the_output_dtypes(models, setting):
+    model = _autocast_model(models, setting).to("cuda")
+    inputs = [dict(d, image=d["image"].cuda()) for d in images_only(batch())]
+    with torch.no_grad():
+        outputs = model(inputs)
+    for x in outputs:
+        assert x["sem_seg"].dtype == x["instances"].scores.dtype == torch.float32
+        assert x["instances"].pred_masks.dtype == torch.bool
+        assert x["panoptic_seg"][0].dtype == torch.int32 and x["panoptic_seg"][0].is_cuda
 
 
 def test_detectron2_lazy_panoptic_fpn_with_the_plugin_target_needs_no_combiner():

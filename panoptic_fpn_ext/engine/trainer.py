@@ -141,6 +141,7 @@ class PanopticFPNExtTrainer(DefaultTrainer):
             dataset=dataset,
             sampler=sampler,
             mapper=PanopticDatasetMapper(cfg, is_train=True),
+            **_prefetch_kwargs(cfg),
         )
         loader.resumable_sampler = sampler
         return loader
@@ -170,6 +171,21 @@ def loss_terms_of(message: str) -> Dict[str, float]:
         except ValueError:
             continue
     return terms
+
+
+def _prefetch_kwargs(cfg) -> dict:
+    """The DataLoader's ``prefetch_factor``: enough for the workers to hold two batches ready.
+
+    With aspect-ratio grouping (Detectron2's default) the workers yield single images, and the
+    DataLoader's default (2 per worker) lets one worker prepare only 2 images ahead: with a batch
+    of 4 (the quick start) every iteration then waits for the other 2 to be read and mapped.
+    """
+    num_workers = cfg.DATALOADER.NUM_WORKERS
+    if num_workers == 0:
+        return {}
+    per_process = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+    items_per_batch = per_process if cfg.DATALOADER.ASPECT_RATIO_GROUPING else 1
+    return {"prefetch_factor": max(2, -(-2 * items_per_batch // num_workers))}
 
 
 def _ddp_device_kwargs(cfg) -> dict:

@@ -1,5 +1,6 @@
 """The Panoptic FPN meta-architecture, registered as ``PanopticFPNExt``."""
 
+import contextlib
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -7,10 +8,11 @@ from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.panoptic_fpn import PanopticFPN
 from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
-from detectron2.structures import ImageList, Instances
+from detectron2.structures import Boxes, ImageList, Instances
 
 from ..registration import register_once
 from .combiner import PanopticHeuristicCombiner, build_panoptic_combiner
+from .device_settings import autocast_dtype, check_memory_format, resolve_memory_format
 from .post_processing import paste_regions, semantic_labels
 
 __all__ = ["PanopticFPNExt"]
@@ -31,15 +33,29 @@ class PanopticFPNExt(PanopticFPN):
     it where each pasted mask can lie (:func:`paste_regions`), so that it need not scan the
     full-size masks.
 
-    With ``MODEL.PANOPTIC_FPN_EXT.CHANNELS_LAST`` (the default) the 4-D weights and the input
-    batch are held in channels-last layout, so every convolution runs channels-last; weights
-    loaded later keep that layout (``load_state_dict`` copies into the existing tensors) and the
-    state_dict keys and shapes are unchanged.
+    Memory layout (``MODEL.PANOPTIC_FPN_EXT.MEMORY_FORMAT``): "channels_last" holds the 4-D
+    weights and the input batch in channels-last layout, so every convolution runs channels-last;
+    "contiguous" keeps Detectron2's NCHW layout (outputs bit-identical to Detectron2's
+    ``PanopticFPN``); "auto" (the default) picks per device what was measured faster there
+    (:func:`~.device_settings.resolve_memory_format`: channels-last on CPU, contiguous on CUDA).
+    The layout follows the model's device: ``model.to(device)`` (as ``build_model`` does with
+    ``MODEL.DEVICE``) re-resolves it. Weights loaded later keep the layout (``load_state_dict``
+    copies into the existing tensors); state_dict keys and shapes do not depend on it.
+
+    Inference precision (``MODEL.PANOPTIC_FPN_EXT.INFERENCE_AUTOCAST``): "" runs in float32;
+    "float16" or "bfloat16" runs the network (backbone to heads) under ``torch.autocast`` on the
+    model's device; its raw outputs are cast back to float32 before the postprocessing, so every
+    output keeps its float32 / bool / int32 dtype.
     """
 
     @configurable
     def __init__(
-        self, *, combiner: Optional[Callable] = None, channels_last: bool = False, **kwargs
+        self,
+        *,
+        combiner: Optional[Callable] = None,
+        memory_format: str = "auto",
+        inference_autocast: str = "",
+        **kwargs,
     ):
         """
         Args:
@@ -48,7 +64,8 @@ class PanopticFPNExt(PanopticFPN):
                 paper's ``PanopticHeuristicCombiner`` with Detectron2's ``combine_*``
                 thresholds (``combine_overlap_thresh`` 0.5, ``combine_stuff_area_thresh`` 4096,
                 ``combine_instances_score_thresh`` 0.5 unless given in ``kwargs``).
-            channels_last: use the channels-last memory layout (see the class docstring).
+            memory_format: "auto", "channels_last" or "contiguous" (see the class docstring).
+            inference_autocast: "", "float16" or "bfloat16" (see the class docstring).
             kwargs: arguments of Detectron2's ``PanopticFPN``.
         """
         super().__init__(**kwargs)
@@ -59,9 +76,10 @@ class PanopticFPNExt(PanopticFPN):
                 instances_score_threshold=self.combine_instances_score_thresh,
             )
         self.combiner = combiner
-        self.channels_last = channels_last
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
+        self.memory_format = check_memory_format(memory_format)
+        self.inference_dtype = autocast_dtype(inference_autocast)
+        self.applied_memory_format = torch.contiguous_format  # what nn.Module gives
+        self._apply_memory_format()
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict:
@@ -72,7 +90,14 @@ class PanopticFPNExt(PanopticFPN):
         predictor = ret["roi_heads"].box_predictor
         predictor.loss_weight.setdefault("loss_cls", cfg.MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT)
         ret["combiner"] = build_panoptic_combiner(cfg)
-        ret["channels_last"] = cfg.MODEL.PANOPTIC_FPN_EXT.CHANNELS_LAST
+        ret["memory_format"] = check_memory_format(
+            cfg.MODEL.PANOPTIC_FPN_EXT.MEMORY_FORMAT, "MODEL.PANOPTIC_FPN_EXT.MEMORY_FORMAT"
+        )
+        autocast_dtype(
+            cfg.MODEL.PANOPTIC_FPN_EXT.INFERENCE_AUTOCAST,
+            "MODEL.PANOPTIC_FPN_EXT.INFERENCE_AUTOCAST",
+        )
+        ret["inference_autocast"] = cfg.MODEL.PANOPTIC_FPN_EXT.INFERENCE_AUTOCAST
         return ret
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
@@ -94,15 +119,37 @@ class PanopticFPNExt(PanopticFPN):
             )
         return super().forward(batched_inputs)
 
+    def _apply(self, fn: Callable, *args, **kwargs) -> "PanopticFPNExt":
+        """``nn.Module._apply`` (behind ``to``, ``cuda``, ``cpu``, ...), then the memory layout
+        of ``memory_format`` on the device the model is now on."""
+        super()._apply(fn, *args, **kwargs)
+        if hasattr(self, "applied_memory_format"):  # not while the base class is initialised
+            self._apply_memory_format()
+        return self
+
+    def _apply_memory_format(self) -> None:
+        """Convert the 4-D weights to the layout that ``memory_format`` gives on ``self.device``
+        (a no-op when they are in it already)."""
+        layout = resolve_memory_format(self.memory_format, self.device)
+        if layout != self.applied_memory_format:
+            self.applied_memory_format = layout  # first: the conversion calls _apply again
+            self.to(memory_format=layout)
+
     def preprocess_image(self, batched_inputs: List[Dict[str, torch.Tensor]]) -> ImageList:
-        """Detectron2's normalisation, padding and batching: float (B, 3, H, W), in channels-last
-        layout with ``channels_last``."""
+        """Detectron2's normalisation, padding and batching: float (B, 3, H, W), in the model's
+        memory layout (:attr:`applied_memory_format`)."""
         images = super().preprocess_image(batched_inputs)
-        if not self.channels_last:
+        if self.applied_memory_format == torch.contiguous_format:
             return images
         return ImageList(
-            images.tensor.contiguous(memory_format=torch.channels_last), images.image_sizes
+            images.tensor.contiguous(memory_format=self.applied_memory_format), images.image_sizes
         )
+
+    def _network_precision(self) -> contextlib.AbstractContextManager:
+        """``torch.autocast`` on the model's device in :attr:`inference_dtype`, or a no-op."""
+        if self.inference_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.inference_dtype)
 
     def inference(
         self, batched_inputs: List[Dict[str, torch.Tensor]], do_postprocess: bool = True
@@ -118,7 +165,13 @@ class PanopticFPNExt(PanopticFPN):
             without: (list of Instances at input size with (N, 1, 28, 28) mask probabilities,
             float (B, C, H, W) semantic logits).
         """
-        detector_results, sem_seg_results = super().inference(batched_inputs, do_postprocess=False)
+        with self._network_precision():
+            detector_results, sem_seg_results = super().inference(
+                batched_inputs, do_postprocess=False
+            )
+        if self.inference_dtype is not None:
+            detector_results = [_float32_fields(result) for result in detector_results]
+            sem_seg_results = sem_seg_results.float()
         if not do_postprocess:
             return detector_results, sem_seg_results
         return [
@@ -142,3 +195,16 @@ class PanopticFPNExt(PanopticFPN):
         regions = paste_regions(detector_r.pred_boxes.tensor, height, width)
         panoptic_r = self.combiner(detector_r, semantic_labels(sem_seg_r), mask_boxes=regions)
         return {"sem_seg": sem_seg_r, "instances": detector_r, "panoptic_seg": panoptic_r}
+
+
+def _float32_fields(instances: Instances) -> Instances:
+    """``instances`` with every floating-point field (tensors and ``Boxes``) cast to float32:
+    boxes, scores and mask probabilities as the float32 network gives them."""
+    result = Instances(instances.image_size)
+    for name, value in instances.get_fields().items():
+        if isinstance(value, Boxes):
+            value = Boxes(value.tensor.float())
+        elif isinstance(value, torch.Tensor) and value.is_floating_point():
+            value = value.float()
+        result.set(name, value)
+    return result
