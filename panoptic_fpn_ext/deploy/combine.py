@@ -70,7 +70,11 @@ def _place_instances(
         claimed = claimed | new
         kept.append(keep)
         areas.append(new_area * keep)
-    return {"owner": owner, "kept": torch.stack(kept), "claimed_area": torch.stack(areas)}
+    if not num_ranks:  # max_instances == 0
+        kept, areas = [candidate.new_zeros(0)], [owner.new_zeros(0)]
+    else:
+        kept, areas = [torch.stack(kept)], [torch.stack(areas)]
+    return {"owner": owner, "kept": kept[0], "claimed_area": areas[0]}
 
 
 def combine_panoptic_table(

@@ -77,29 +77,25 @@ def export_panoptic_model(
         )
 
 
-def artifact_metadata(cfg: CfgNode, min_side: int) -> Dict[str, Any]:
+def artifact_metadata(cfg: CfgNode, min_side: int, max_side: int) -> Dict[str, Any]:
     """What a runner needs besides the program: input format and size rule, and the dataset's
     categories (``DATASETS.TEST[0]``'s metadata) to turn contiguous ids into dataset ids."""
     meta = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
     categories = []
     if meta is not None and hasattr(meta, "thing_dataset_id_to_contiguous_id"):
         for dataset_id, contiguous in meta.thing_dataset_id_to_contiguous_id.items():
-            categories.append(
-                {"id": dataset_id, "contiguous": contiguous, "isthing": 1,
-                 "name": meta.thing_classes[contiguous]}
-            )
+            name = meta.thing_classes[contiguous]
+            categories.append({"id": dataset_id, "contiguous": contiguous, "isthing": 1, "name": name})
         for dataset_id, contiguous in meta.get("stuff_dataset_id_to_contiguous_id", {}).items():
             if contiguous > 0:  # 0 is the semantic "things" label, not a category
-                categories.append(
-                    {"id": dataset_id, "contiguous": contiguous, "isthing": 0,
-                     "name": meta.stuff_classes[contiguous]}
-                )
+                name = meta.stuff_classes[contiguous]
+                categories.append({"id": dataset_id, "contiguous": contiguous, "isthing": 0, "name": name})
     return {
         "input_format": cfg.INPUT.FORMAT,
         "min_size_test": cfg.INPUT.MIN_SIZE_TEST,
         "max_size_test": cfg.INPUT.MAX_SIZE_TEST,
         "min_side": min_side,
-        "max_side": max(cfg.INPUT.MAX_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST),
+        "max_side": max_side,
         "device": cfg.MODEL.DEVICE,
         "categories": categories,
     }
