@@ -2,6 +2,7 @@
 inference equals ``PanopticFPNExt`` (NCHW), and the exported artifact equals it too and runs
 from a process that cannot import Detectron2 or panoptic_fpn_ext."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
+from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.modeling import build_model
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, read_file
@@ -20,7 +22,7 @@ from torchvision.ops import boxes as box_ops
 from panoptic_fpn_ext import add_panoptic_fpn_ext_config, merge_config_file
 from panoptic_fpn_ext.data.panoptic_io import rgb2id
 from panoptic_fpn_ext.data.synthetic import generate_shapes_dataset, random_shapes_scene
-from panoptic_fpn_ext.deploy import PanopticInference, combine_panoptic_table
+from panoptic_fpn_ext.deploy import PanopticInference, combine_panoptic_table, export_panoptic_model
 from panoptic_fpn_ext.deploy.detect import VANILLA_NMS_ABOVE, batched_nms
 from panoptic_fpn_ext.modeling import combine_panoptic
 from panoptic_fpn_ext.tools import export as export_tool
@@ -95,7 +97,8 @@ def test_batched_nms_equals_torchvision_on_both_sides_of_its_strategy_switch(cou
     classes = torch.randint(0, 5, (count,), generator=g)
     expected = box_ops.batched_nms(boxes, scores, classes, 0.5)
     assert (4 * count > VANILLA_NMS_ABOVE["cpu"]) == (count == 1500)
-    assert torch.equal(batched_nms(boxes, scores, classes, 0.5, 5, VANILLA_NMS_ABOVE["cpu"]), expected)
+    kept = batched_nms(boxes, scores, classes, 0.5, 5, VANILLA_NMS_ABOVE["cpu"])
+    assert torch.equal(kept, expected)
 
 
 def tiny_cfg(*opts):
@@ -168,7 +171,7 @@ def test_inference_refuses_a_model_without_detection_limit(model):
 
 @pytest.fixture(scope="module")
 def artifact(model, tmp_path_factory):
-    """The model exported by the export tool (once per test module: ~1 min here)."""
+    """The model exported by the export tool, once for the tests that use it."""
     out = tmp_path_factory.mktemp("export")
     weights = str(out / "weights.pth")
     torch.save({"model": model.state_dict()}, weights)
@@ -178,6 +181,7 @@ def artifact(model, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # exporting takes ~1 min on 2 cores, the checks another
 def test_artifact_equals_the_model_at_any_size(model, artifact, val_images):
     program = torch.export.load(artifact).module()
     for seed, (height, width) in enumerate(SIZES):
@@ -205,6 +209,7 @@ BLOCKER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_runner_writes_coco_panoptic_without_detectron2(model, artifact, val_images, tmp_path):
     files, images = val_images
     runner = os.path.join(os.path.dirname(artifact), "run_panoptic.py")
@@ -228,3 +233,42 @@ def test_runner_writes_coco_panoptic_without_detectron2(model, artifact, val_ima
         for segment in entry["segments_info"]:
             assert categories[segment["category_id"]]["isthing"] == segment["isthing"]
             assert segment["area"] == int((ref_map == segment["id"]).sum())
+
+
+@pytest.mark.gpu
+def test_cuda_artifact_equals_the_cuda_model(val_images, tmp_path):
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("MODEL.DEVICE", "cuda")).eval()
+    calibrate(model, [{"image": val_images[1][0].cuda()}])
+    weights = str(tmp_path / "weights.pth")
+    torch.save({"model": model.state_dict()}, weights)
+    opts = OPTS + ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cuda"]
+    artifact = export_tool.main(["--config-file", TINY, "--output", str(tmp_path)] + opts)
+    program = torch.export.load(artifact).module()
+    for seed, (height, width) in enumerate(SIZES):
+        image = bgr_image(height, width, seed).cuda()
+        with torch.no_grad():
+            outputs = program(image)
+        assert outputs[0].device.type == "cuda"
+        assert_outputs_equal(outputs, eager_panoptic(model, image))
+
+
+def load_runner():
+    spec = importlib.util.spec_from_file_location("run_panoptic", export_tool.RUNNER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("size", [(480, 640), (640, 480), (100, 1000), (128, 128), (90, 300)])
+def test_runner_resizes_like_resize_shortest_edge(size):
+    runner = load_runner()
+    expected = ResizeShortestEdge.get_output_shape(*size, 128, 256)
+    assert runner.test_size(*size, 128, 256) == expected
+
+
+def test_export_refuses_sides_the_backbone_cannot_cover(model):
+    with pytest.raises(ValueError, match="Smallest image side 40 is below 65"):
+        export_panoptic_model(model, 40, 256)

@@ -131,11 +131,12 @@ def combine_panoptic_table(
     order = ranked["order"][kept]
     thing_scores = scores[order].float()
     stuff_labels = label_range[is_stuff]
+    no_score = torch.full_like(stuff_labels, torch.nan, dtype=torch.float32)
     return {
         "panoptic": panoptic,
         "id": torch.cat([thing_ids[kept], stuff_ids[is_stuff]]),
         "category": torch.cat([classes[order].long(), stuff_labels]),
         "is_thing": torch.cat([kept[kept], torch.zeros_like(stuff_labels, dtype=torch.bool)]),
-        "score": torch.cat([thing_scores, torch.full_like(stuff_labels, torch.nan, dtype=torch.float)]),
+        "score": torch.cat([thing_scores, no_score]),
         "area": torch.cat([placed["claimed_area"][kept], free_per_label[is_stuff]]),
     }

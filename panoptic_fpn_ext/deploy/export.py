@@ -77,6 +77,11 @@ def export_panoptic_model(
         )
 
 
+def _category(dataset_id: int, contiguous: int, isthing: int, names) -> Dict[str, Any]:
+    name = names[contiguous]
+    return {"id": dataset_id, "contiguous": contiguous, "isthing": isthing, "name": name}
+
+
 def artifact_metadata(cfg: CfgNode, min_side: int, max_side: int) -> Dict[str, Any]:
     """What a runner needs besides the program: input format and size rule, and the dataset's
     categories (``DATASETS.TEST[0]``'s metadata) to turn contiguous ids into dataset ids."""
@@ -84,12 +89,10 @@ def artifact_metadata(cfg: CfgNode, min_side: int, max_side: int) -> Dict[str, A
     categories = []
     if meta is not None and hasattr(meta, "thing_dataset_id_to_contiguous_id"):
         for dataset_id, contiguous in meta.thing_dataset_id_to_contiguous_id.items():
-            name = meta.thing_classes[contiguous]
-            categories.append({"id": dataset_id, "contiguous": contiguous, "isthing": 1, "name": name})
+            categories.append(_category(dataset_id, contiguous, 1, meta.thing_classes))
         for dataset_id, contiguous in meta.get("stuff_dataset_id_to_contiguous_id", {}).items():
             if contiguous > 0:  # 0 is the semantic "things" label, not a category
-                name = meta.stuff_classes[contiguous]
-                categories.append({"id": dataset_id, "contiguous": contiguous, "isthing": 0, "name": name})
+                categories.append(_category(dataset_id, contiguous, 0, meta.stuff_classes))
     return {
         "input_format": cfg.INPUT.FORMAT,
         "min_size_test": cfg.INPUT.MIN_SIZE_TEST,

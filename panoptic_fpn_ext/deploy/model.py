@@ -163,7 +163,8 @@ class PanopticInference(nn.Module):
         logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
         # detector_postprocess at the input size: clip, drop empty boxes, paste the masks
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        boxes, scores, classes, mask_probs = boxes[keep], scores[keep], classes[keep], mask_probs[keep]
+        boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+        mask_probs = mask_probs[keep]
         masks = paste_masks(mask_probs, boxes, height, width)
 
         combiner = self.model.combiner

@@ -34,14 +34,21 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
 def load_artifact(path: str, device: str) -> Tuple[torch.nn.Module, Dict]:
-    """The program (as a callable module on ``device``) and its metadata."""
+    """The program (as a callable module) and its metadata.
+
+    Raises:
+        ValueError: not an artifact of panoptic_fpn_ext, or exported for another device.
+    """
     extra = {METADATA_FILE: ""}
     program = torch.export.load(path, extra_files=extra)
     if not extra[METADATA_FILE]:
         raise ValueError(f"{path}: no {METADATA_FILE} inside; not a panoptic_fpn_ext artifact")
     metadata = json.loads(extra[METADATA_FILE])
-    if device != metadata["device"]:
-        program = torch.export.passes.move_to_device_pass(program, device)
+    if torch.device(device).type != torch.device(metadata["device"]).type:
+        raise ValueError(
+            f"{path} was exported for {metadata['device']!r}, not {device!r}: export it again "
+            f"with MODEL.DEVICE {device}"
+        )
     return program.module(), metadata
 
 
