@@ -272,3 +272,29 @@ def test_runner_resizes_like_resize_shortest_edge(size):
 def test_export_refuses_sides_the_backbone_cannot_cover(model):
     with pytest.raises(ValueError, match="Smallest image side 40 is below 65"):
         export_panoptic_model(model, 40, 256)
+
+
+@pytest.mark.slow
+def test_r50_coco_artifact_equals_the_model(tmp_path):
+    """The COCO R50 config (80 thing classes, 54 semantic labels, per-class NMS over 80 classes)
+    with calibrated random weights, exported for images up to 320 px."""
+    config = "configs/COCO-PanopticSegmentation/panoptic_fpn_ext_R_50_1x.yaml"
+    opts = ["MODEL.WEIGHTS", "", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.05"]
+    cfg = get_cfg()
+    add_panoptic_fpn_ext_config(cfg)
+    merge_config_file(cfg, config)
+    cfg.merge_from_list(opts + ["MODEL.PANOPTIC_FPN_EXT.CHANNELS_LAST", "False"])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    calibrate(model, [{"image": bgr_image(256, 320, 9)}])
+    weights = str(tmp_path / "weights.pth")
+    torch.save({"model": model.state_dict()}, weights)
+    args = ["--config-file", config, "--output", str(tmp_path), "--max-side", "320"]
+    artifact = export_tool.main(args + opts[2:] + ["MODEL.WEIGHTS", weights])
+    program = torch.export.load(artifact).module()
+    for seed, (height, width) in enumerate([(256, 320), (200, 150)]):
+        image = bgr_image(height, width, seed)
+        with torch.no_grad():
+            outputs = program(image)
+        assert_outputs_equal(outputs, eager_panoptic(model, image))
+        assert outputs[3].any()
