@@ -279,7 +279,7 @@ def test_r50_coco_artifact_equals_the_model(tmp_path):
     """The COCO R50 config (80 thing classes, 54 semantic labels, per-class NMS over 80 classes)
     with calibrated random weights, exported for images up to 320 px."""
     config = "configs/COCO-PanopticSegmentation/panoptic_fpn_ext_R_50_1x.yaml"
-    opts = ["MODEL.WEIGHTS", "", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.05"]
+    opts = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.05"]
     cfg = get_cfg()
     add_panoptic_fpn_ext_config(cfg)
     merge_config_file(cfg, config)
