@@ -58,6 +58,11 @@ class PanopticInference(nn.Module):
                 f"MODEL.PANOPTIC_FPN_EXT.COMBINER_NAME: {type(combiner).__name__} has no "
                 f"{missing}; only the heuristic combiner's thresholds can be exported"
             )
+        if model.backbone.padding_constraints.get("square_size", 0):
+            raise ValueError(
+                "MODEL.BACKBONE: square padding (padding_constraints square_size) is not "
+                "supported by the export; FPN backbones pad to their size divisibility only"
+            )
         device_type = model.pixel_mean.device.type
         self.vanilla_nms_above = VANILLA_NMS_ABOVE.get(device_type, VANILLA_NMS_ABOVE["cuda"])
 
