@@ -9,7 +9,8 @@ it makes detections; ``MODEL.ROI_HEADS.SCORE_THRESH_TEST 0.05``), in NCHW layout
 back from its ``.pt2`` file) run on the same images in alternation; their panoptic maps and
 segment tables are checked to be identical first. Export time is reported; with ``--aoti`` the
 program is also compiled with AOTInductor (``torch._inductor.aoti_compile_and_package``) and
-timed, with its compile time.
+timed, with its compile time; its maps are not bit-identical, so their pixel agreement with the
+exported program is reported instead.
 """
 
 import argparse
@@ -56,6 +57,14 @@ def check_identical(model, program, image: torch.Tensor) -> int:
     return len(ref_info)
 
 
+def map_agreement(program, compiled, image: torch.Tensor) -> float:
+    """Share of pixels with the same segment id in the exported and the AOTInductor-compiled
+    program's maps (Inductor's fused kernels round differently, so they need not be equal)."""
+    with torch.no_grad():
+        expected, actual = program(image)[0], compiled(image)[0]
+    return (expected == actual).double().mean().item()
+
+
 def measure(device: str, repeats: int, aoti: bool) -> Dict:
     cfg, model = build(device)
     start = time.perf_counter()
@@ -78,7 +87,8 @@ def measure(device: str, repeats: int, aoti: bool) -> Dict:
             segments = check_identical(model, loaded, image)
             fns: List = [lambda: model([{"image": image}]), lambda: loaded(image)]
             if compiled is not None:
-                check_identical(model, compiled, image)
+                row_agreement = map_agreement(loaded, compiled, image)
+                result.setdefault("aoti_agreement", []).append(row_agreement)
                 fns.append(lambda: compiled(image))
             with torch.no_grad():
                 times = alternating_medians(fns, repeats=repeats)
@@ -98,10 +108,14 @@ def report(args, result: Dict) -> str:
         cells = [f"{row['size'][0]}x{row['size'][1]}", str(row["segments"]), f"{eager:.1f}"]
         cells += [f"{t:.1f} | {t / eager:.2f}x" for t in others]
         lines.append("| " + " | ".join(cells) + " |")
-    compile_note = (
-        f" AOTInductor compile: {result['aoti_compile_s']:.0f} s." if args.aoti else
-        " AOTInductor not measured in this run (`--aoti`)."
-    )
+    compile_note = " AOTInductor not measured in this run (`--aoti`)."
+    if args.aoti:
+        agreement = min(result["aoti_agreement"])
+        compile_note = (
+            f" AOTInductor compile: {result['aoti_compile_s']:.0f} s; its panoptic maps are not "
+            f"identical (fused kernels round differently): at least {agreement:.1%} of pixels "
+            "agree with the exported program's."
+        )
     return (
         f"## Exported program vs eager, R18 quick start, {args.device}\n\n"
         f"`{command_line()}` on {machine_description(args.device)}; median of {args.repeats} "
