@@ -9,8 +9,8 @@ it makes detections; ``MODEL.ROI_HEADS.SCORE_THRESH_TEST 0.05``), in NCHW layout
 back from its ``.pt2`` file) run on the same images in alternation; their panoptic maps and
 segment tables are checked to be identical first. Export time is reported; with ``--aoti`` the
 program is also compiled with AOTInductor (``torch._inductor.aoti_compile_and_package``) and
-timed, with its compile time; its maps are not bit-identical, so their pixel agreement with the
-exported program is reported instead.
+timed, with its compile time; its maps are not identical with the exported program's, so their
+pixel agreement is reported instead.
 """
 
 import argparse
@@ -59,7 +59,7 @@ def check_identical(model, program, image: torch.Tensor) -> int:
 
 def map_agreement(program, compiled, image: torch.Tensor) -> float:
     """Share of pixels with the same segment id in the exported and the AOTInductor-compiled
-    program's maps (Inductor's fused kernels round differently, so they need not be equal)."""
+    program's maps (they are not equal; why is not yet established)."""
     with torch.no_grad():
         expected, actual = program(image)[0], compiled(image)[0]
     return (expected == actual).double().mean().item()
