@@ -1,0 +1,300 @@
+"""The exportable panoptic inference: its combiner and NMS equal the eager ones, the whole
+inference equals ``PanopticFPNExt`` (NCHW), and the exported artifact equals it too and runs
+from a process that cannot import Detectron2 or panoptic_fpn_ext."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.data.transforms import ResizeShortestEdge
+from detectron2.modeling import build_model
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.ops import boxes as box_ops
+
+from panoptic_fpn_ext import add_panoptic_fpn_ext_config, merge_config_file
+from panoptic_fpn_ext.data.panoptic_io import rgb2id
+from panoptic_fpn_ext.data.synthetic import generate_shapes_dataset, random_shapes_scene
+from panoptic_fpn_ext.deploy import PanopticInference, combine_panoptic_table, export_panoptic_model
+from panoptic_fpn_ext.deploy.detect import VANILLA_NMS_ABOVE, batched_nms
+from panoptic_fpn_ext.modeling import combine_panoptic
+from panoptic_fpn_ext.tools import export as export_tool
+
+sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+from bench_inference import calibrate  # noqa: E402
+from test_combiner import THRESHOLD_SETS, random_case  # noqa: E402
+
+TINY = "configs/quick_start/panoptic_fpn_ext_R_18_shapes.yaml"
+# Random weights: keep low-scoring detections, so that both things and stuff come out
+OPTS = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.05", "TEST.DETECTIONS_PER_IMAGE", "30"]
+SIZES = [(128, 128), (128, 200), (96, 130), (256, 70), (65, 65)]
+
+
+def table_as_segments_info(table):
+    """The segment table as combine_panoptic's segments_info (without thing "instance_id")."""
+    info = []
+    rows = zip(*(table[k].tolist() for k in ("id", "category", "is_thing", "score", "area")))
+    for segment_id, category, is_thing, score, area in rows:
+        segment = {"id": segment_id, "isthing": is_thing, "category_id": category}
+        segment.update({"score": score} if is_thing else {"area": area})
+        info.append(segment)
+    return info
+
+
+def assert_table_matches(instances, semantic, thresholds, num_labels):
+    ref_map, ref_info = combine_panoptic(instances, semantic, *thresholds)
+    table = combine_panoptic_table(
+        instances.scores,
+        instances.pred_classes,
+        instances.pred_masks,
+        semantic,
+        num_labels,
+        *thresholds,
+        max_instances=len(instances),
+    )
+    assert torch.equal(table["panoptic"], ref_map)
+    for segment in ref_info:
+        segment.pop("instance_id", None)
+    assert table_as_segments_info(table) == ref_info
+    areas = torch.bincount(ref_map.flatten().long(), minlength=len(ref_info) + 1)[1:]
+    assert table["area"].tolist() == areas.tolist()
+    assert torch.isnan(table["score"][~table["is_thing"]]).all()
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("tie_scores", [False, True])
+def test_combine_table_equals_combine_panoptic_on_fuzz_cases(seed, tie_scores):
+    n = [0, 1, 3, 8, 20, 40][seed % 6]
+    instances, semantic, _ = random_case(seed, n, tie_scores=tie_scores)
+    for thresholds in THRESHOLD_SETS:
+        assert_table_matches(instances, semantic, thresholds, num_labels=5)
+
+
+def test_combine_table_pads_fewer_instances_than_its_loop():
+    instances, semantic, _ = random_case(3, 8)
+    table = combine_panoptic_table(
+        instances.scores, instances.pred_classes, instances.pred_masks, semantic, 5,
+        *THRESHOLD_SETS[0], max_instances=20,
+    )
+    ref_map, _ = combine_panoptic(instances, semantic, *THRESHOLD_SETS[0])
+    assert torch.equal(table["panoptic"], ref_map)
+
+
+@pytest.mark.parametrize("count", [0, 1, 40, 1500])
+def test_batched_nms_equals_torchvision_on_both_sides_of_its_strategy_switch(count):
+    g = torch.Generator().manual_seed(count)
+    xy = torch.rand(count, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + torch.rand(count, 2, generator=g) * 30 + 1], dim=1)
+    scores = (torch.rand(count, generator=g) * 4).floor() / 4  # ties
+    classes = torch.randint(0, 5, (count,), generator=g)
+    expected = box_ops.batched_nms(boxes, scores, classes, 0.5)
+    assert (4 * count > VANILLA_NMS_ABOVE["cpu"]) == (count == 1500)
+    kept = batched_nms(boxes, scores, classes, 0.5, 5, VANILLA_NMS_ABOVE["cpu"])
+    assert torch.equal(kept, expected)
+
+
+def tiny_cfg(*opts):
+    cfg = get_cfg()
+    add_panoptic_fpn_ext_config(cfg)
+    merge_config_file(cfg, TINY)
+    cfg.merge_from_list(OPTS + ["MODEL.PANOPTIC_FPN_EXT.MEMORY_FORMAT", "contiguous"] + list(opts))
+    return cfg
+
+
+def bgr_image(height: int, width: int, seed: int) -> torch.Tensor:
+    rgb, _, _ = random_shapes_scene(height, width, np.random.default_rng(seed))
+    return torch.from_numpy(np.ascontiguousarray(rgb[:, :, ::-1].transpose(2, 0, 1))).float()
+
+
+@pytest.fixture(scope="module")
+def val_images(tmp_path_factory):
+    """Four images of the synthetic validation split, as files and as BGR float tensors."""
+    root = str(tmp_path_factory.mktemp("shapes"))
+    paths = generate_shapes_dataset(root, "val", 4)
+    files = sorted(os.path.join(paths["image_root"], n) for n in os.listdir(paths["image_root"]))
+    # decoded as the runner decodes them (torchvision), so that both see the same pixels
+    images = [decode_image(read_file(f), mode=ImageReadMode.RGB).flip(0).float() for f in files]
+    return files, images
+
+
+@pytest.fixture(scope="module")
+def model(val_images):
+    """The quick-start R18 model, random weights calibrated on one validation image, saved."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).eval()
+    calibrate(model, [{"image": val_images[1][0]}])
+    return model
+
+
+def eager_panoptic(model, image):
+    with torch.no_grad():
+        return model([{"image": image}])[0]["panoptic_seg"]
+
+
+def assert_outputs_equal(outputs, reference):
+    ref_map, ref_info = reference
+    table = dict(zip(("panoptic", "id", "category", "is_thing", "score", "area"), outputs))
+    assert torch.equal(table["panoptic"], ref_map)
+    for segment in ref_info:
+        segment.pop("instance_id", None)
+    assert table_as_segments_info(table) == ref_info
+
+
+def test_inference_equals_the_model_on_validation_images(model, val_images):
+    inference = PanopticInference(model).eval()
+    kinds = set()
+    for image in val_images[1]:
+        reference = eager_panoptic(model, image)
+        with torch.no_grad():
+            outputs = inference(image)
+        assert_outputs_equal(outputs, reference)
+        kinds |= set(outputs[3].tolist())
+    assert kinds == {True, False}  # things and stuff were exercised
+
+
+def test_inference_refuses_a_model_without_detection_limit(model):
+    model.roi_heads.box_predictor.test_topk_per_image = -1
+    try:
+        with pytest.raises(ValueError, match="TEST.DETECTIONS_PER_IMAGE"):
+            PanopticInference(model)
+    finally:
+        model.roi_heads.box_predictor.test_topk_per_image = 30
+
+
+@pytest.fixture(scope="module")
+def artifact(model, tmp_path_factory):
+    """The model exported by the export tool, once for the tests that use it."""
+    out = tmp_path_factory.mktemp("export")
+    weights = str(out / "weights.pth")
+    torch.save({"model": model.state_dict()}, weights)
+    path = export_tool.main(
+        ["--config-file", TINY, "--output", str(out)] + OPTS + ["MODEL.WEIGHTS", weights]
+    )
+    return path
+
+
+@pytest.mark.slow  # exporting takes ~1 min on 2 cores, the checks another
+def test_artifact_equals_the_model_at_any_size(model, artifact, val_images):
+    program = torch.export.load(artifact).module()
+    for seed, (height, width) in enumerate(SIZES):
+        image = bgr_image(height, width, seed) if seed else val_images[1][0]
+        with torch.no_grad():
+            outputs = program(image)
+        assert outputs[0].shape == (height, width)
+        assert_outputs_equal(outputs, eager_panoptic(model, image))
+
+
+BLOCKER = textwrap.dedent(
+    """
+    import runpy, sys
+    class Blocker:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("detectron2", "panoptic_fpn_ext"):
+                raise ImportError("blocked: " + name)
+    sys.meta_path.insert(0, Blocker())
+    runner = sys.argv[1]
+    sys.argv = sys.argv[1:]
+    runpy.run_path(runner, run_name="__main__")
+    leaked = [m for m in sys.modules if m.split(".")[0] in ("detectron2", "panoptic_fpn_ext")]
+    assert not leaked, leaked
+    """
+)
+
+
+@pytest.mark.slow
+def test_runner_writes_coco_panoptic_without_detectron2(model, artifact, val_images, tmp_path):
+    files, images = val_images
+    runner = os.path.join(os.path.dirname(artifact), "run_panoptic.py")
+    out = tmp_path / "out"
+    args = [runner, "--artifact", artifact, "--input"] + files[:2] + ["--output", str(out)]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCKER] + args, env=env, cwd=str(tmp_path),
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((out / "panoptic_predictions.json").read_text())
+    categories = {c["id"]: c for c in data["categories"]}
+    for path, image, entry in zip(files, images, data["annotations"]):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        assert entry["file_name"] == stem + ".png"
+        png = np.asarray(Image.open(out / "panoptic_predictions" / entry["file_name"]))
+        ref_map, ref_info = eager_panoptic(model, image)
+        assert np.array_equal(rgb2id(png), ref_map.numpy())
+        assert [s["id"] for s in entry["segments_info"]] == [s["id"] for s in ref_info]
+        for segment in entry["segments_info"]:
+            assert categories[segment["category_id"]]["isthing"] == segment["isthing"]
+            assert segment["area"] == int((ref_map == segment["id"]).sum())
+
+
+@pytest.mark.gpu
+def test_cuda_artifact_equals_the_cuda_model(val_images, tmp_path):
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("MODEL.DEVICE", "cuda")).eval()
+    calibrate(model, [{"image": val_images[1][0].cuda()}])
+    weights = str(tmp_path / "weights.pth")
+    torch.save({"model": model.state_dict()}, weights)
+    opts = OPTS + ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cuda"]
+    artifact = export_tool.main(["--config-file", TINY, "--output", str(tmp_path)] + opts)
+    program = torch.export.load(artifact).module()
+    for seed, (height, width) in enumerate(SIZES):
+        image = bgr_image(height, width, seed).cuda()
+        with torch.no_grad():
+            outputs = program(image)
+        assert outputs[0].device.type == "cuda"
+        assert_outputs_equal(outputs, eager_panoptic(model, image))
+
+
+def load_runner():
+    spec = importlib.util.spec_from_file_location("run_panoptic", export_tool.RUNNER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("size", [(480, 640), (640, 480), (100, 1000), (128, 128), (90, 300)])
+def test_runner_resizes_like_resize_shortest_edge(size):
+    runner = load_runner()
+    expected = ResizeShortestEdge.get_output_shape(*size, 128, 256)
+    assert runner.test_size(*size, 128, 256) == expected
+
+
+def test_export_refuses_sides_the_backbone_cannot_cover(model):
+    with pytest.raises(ValueError, match="Smallest image side 40 is below 65"):
+        export_panoptic_model(model, 40, 256)
+
+
+@pytest.mark.slow
+def test_r50_coco_artifact_equals_the_model(tmp_path):
+    """The COCO R50 config (80 thing classes, 54 semantic labels, per-class NMS over 80 classes)
+    with calibrated random weights, exported for images up to 320 px."""
+    config = "configs/COCO-PanopticSegmentation/panoptic_fpn_ext_R_50_1x.yaml"
+    opts = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.05"]
+    cfg = get_cfg()
+    add_panoptic_fpn_ext_config(cfg)
+    merge_config_file(cfg, config)
+    cfg.merge_from_list(opts + ["MODEL.PANOPTIC_FPN_EXT.MEMORY_FORMAT", "contiguous"])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    calibrate(model, [{"image": bgr_image(256, 320, 9)}])
+    weights = str(tmp_path / "weights.pth")
+    torch.save({"model": model.state_dict()}, weights)
+    args = ["--config-file", config, "--output", str(tmp_path), "--max-side", "320"]
+    artifact = export_tool.main(args + opts[2:] + ["MODEL.WEIGHTS", weights])
+    program = torch.export.load(artifact).module()
+    for seed, (height, width) in enumerate([(256, 320), (200, 150)]):
+        image = bgr_image(height, width, seed)
+        with torch.no_grad():
+            outputs = program(image)
+        assert_outputs_equal(outputs, eager_panoptic(model, image))
+        assert outputs[3].any()
