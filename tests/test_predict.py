@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from file_snapshots import snapshot
 from panoptic_fpn_ext.data import rgb2id
 from panoptic_fpn_ext.tools import predict
 
@@ -58,16 +59,6 @@ def _write_images(folder, names, seed=0):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(path)
 
-
-def _snapshot(folder):
-    """Every file under ``folder``: relative path -> (content, mtime in ns)."""
-    files = {}
-    for directory, _, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(directory, name)
-            with open(path, "rb") as f:
-                files[os.path.relpath(path, folder)] = (f.read(), os.stat(path).st_mtime_ns)
-    return files
 
 
 def _check_consistent(out):
@@ -182,10 +173,10 @@ def test_reused_output_folder_is_refused_then_replaced_whole(tmp_path):
     _write_images(tmp_path / "second", ["r.jpg"], seed=1)
     out = tmp_path / "out"
     assert _main(tmp_path, "first", out) == 0
-    before = _snapshot(out)
+    before = snapshot(out)
     with pytest.raises(FileExistsError, match=r"panoptic_predictions.json.*--overwrite"):
         _main(tmp_path, "second", out)
-    assert _snapshot(out) == before
+    assert snapshot(out) == before
     assert _main(tmp_path, "second", out, "--overwrite") == 0
     data = _check_consistent(out)
     assert [a["image_id"] for a in data["annotations"]] == ["r"]

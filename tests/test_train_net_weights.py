@@ -9,6 +9,7 @@ import torch
 import yaml
 
 import train_net
+from file_snapshots import snapshot
 from panoptic_fpn_ext.data import generate_shapes_dataset, register_coco_panoptic_dataset
 from panoptic_fpn_ext.engine import WeightsNotFoundError
 
@@ -36,22 +37,12 @@ def training_run(tmp_path):
     return out
 
 
-def _snapshot(folder):
-    """Every file under ``folder``: relative path -> (content, mtime in ns)."""
-    files = {}
-    for directory, _, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(directory, name)
-            with open(path, "rb") as f:
-                files[os.path.relpath(path, folder)] = (f.read(), os.stat(path).st_mtime_ns)
-    return files
-
 
 def test_eval_only_without_weights_refuses_and_writes_nothing(training_run):
-    before = _snapshot(training_run)
+    before = snapshot(training_run)
     with pytest.raises(ValueError, match=r"--eval-only with config key MODEL.WEIGHTS empty"):
         train_net.main(_args(training_run, "--eval-only"))
-    assert _snapshot(training_run) == before
+    assert snapshot(training_run) == before
 
 
 @pytest.mark.parametrize("eval_only", [True, False])
@@ -73,12 +64,12 @@ def test_unreachable_weights_url_names_key_and_url(training_run, tmp_path, monke
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "cache"))  # nothing cached from before
     url = "detectron2://ImageNetPretrained/MSRA/R-18-does-not-exist.pkl"
-    before = _snapshot(training_run)
+    before = snapshot(training_run)
     with pytest.raises(WeightsNotFoundError) as err:
         train_net.main(_args(training_run, "--eval-only", opts=["MODEL.WEIGHTS", url]))
     message = str(err.value)
     assert "MODEL.WEIGHTS" in message and url in message and "could not be downloaded" in message
-    assert _snapshot(training_run) == before
+    assert snapshot(training_run) == before
 
 
 def test_eval_output_dir_is_per_weights_and_keeps_other_evaluations(tmp_path):
@@ -112,11 +103,11 @@ def tiny_val(tmp_path):
 
 
 def test_eval_only_with_random_weights_writes_beside_the_training_run(training_run, tiny_val):
-    before = _snapshot(training_run)
+    before = snapshot(training_run)
     opts = ["DATASETS.TEST", f"('{tiny_val}',)", "DATALOADER.NUM_WORKERS", "0"]
     args = _args(training_run, "--eval-only", "--allow-random-weights", opts=opts)
     results = train_net.main(args)
-    after = _snapshot(training_run)
+    after = snapshot(training_run)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing replaced
     new = sorted(k for k in after if k not in before)
     assert new and all(k.startswith("eval_random_weights" + os.sep) for k in new), new
