@@ -221,11 +221,7 @@ def validate_config(cfg: CN) -> None:
     _check_range(cfg, "MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 0, 255)
     _check_range(cfg, "SOLVER.BASE_LR", 0.0, float("inf"))
     _check_range(cfg, "SOLVER.IMS_PER_BATCH", 1, float("inf"))
-    if cfg.PANOPTIC_FPN_EXT.SEMANTIC_TARGET not in SEMANTIC_TARGETS:
-        raise ValueError(
-            f"Config key PANOPTIC_FPN_EXT.SEMANTIC_TARGET = "
-            f"{cfg.PANOPTIC_FPN_EXT.SEMANTIC_TARGET!r}; expected one of {SEMANTIC_TARGETS}"
-        )
+    _check_choice(cfg, "PANOPTIC_FPN_EXT.SEMANTIC_TARGET", SEMANTIC_TARGETS)
     for fmt in cfg.PANOPTIC_FPN_EXT.EVAL.EXPORT_FORMATS:
         if fmt not in EXPORT_FORMATS:
             raise ValueError(
