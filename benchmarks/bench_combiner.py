@@ -176,7 +176,8 @@ def main() -> None:
         for n, a, b, c in rows
     )
     if args.device == "cpu":
-        path = "sequential (numpy)"
+        threads = torch.get_num_threads()
+        path = f"sequential (compiled loops; masks located by {threads} threads)"
         target = "at least 20x at 100 instances, with and without the paste rectangles"
     else:
         path = "parallel, default settings"

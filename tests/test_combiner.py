@@ -164,7 +164,7 @@ def test_non_bool_masks_and_odd_sizes(method):
 
 @pytest.mark.parametrize("method", ["sequential", "parallel"])
 def test_thousands_of_kept_instances(method):
-    # one pixel each, all kept: beyond 4094 candidates the owner map switches to int32
+    # one pixel each, all kept: thousands of thing segments in one map
     n, h, w = 4200, 64, 80
     instances, semantic, _ = random_case(8, 0, h, w)
     pixels = torch.randperm(h * w, generator=torch.Generator().manual_seed(0))[:n]
@@ -180,6 +180,48 @@ def test_thousands_of_kept_instances(method):
     assert sum(s["isthing"] for s in info) == n
 
 
+def test_owner_map_beyond_int16_segments(monkeypatch):
+    # more candidates than an int16 owner map holds take an int32 one (lowered limit here: the
+    # real one, 32767, needs masks of over a gigabyte)
+    monkeypatch.setattr(placement, "_INT16_SEGMENTS", 5)
+    instances, semantic, boxes = random_case(12, 40, density=0.3)
+    info = assert_matches_detectron2(instances, semantic, (0.5, 2, 0.0), boxes, "sequential")
+    assert sum(s["isthing"] for s in info) > 5
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32, torch.int64])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_label_dtypes_and_thread_counts(dtype, threads):
+    # the compiled loops read each label dtype as it is; masks are located by threads - 1
+    # workers and the calling thread
+    instances, semantic, boxes = random_case(13, 40, num_labels=9)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for thresholds in THRESHOLD_SETS:
+            assert_matches_detectron2(instances, semantic.to(dtype), thresholds)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_labels_beyond_the_first_pass_capacity():
+    # labels above the counters the first pass allocates are counted in a second pass
+    instances, semantic, boxes = random_case(14, 20, num_labels=3)
+    large = semantic * 3000  # 0, 3000, 6000 (> 4096)
+    assert int(large.max()) >= placement._LABEL_CAPACITY
+    for thresholds in THRESHOLD_SETS:
+        info = assert_matches_detectron2(instances, large, thresholds, boxes)
+    assert 6000 in [s["category_id"] for s in info if not s["isthing"]]
+
+
+@pytest.mark.parametrize("bad_label", [-1, 2**31 - 1])
+def test_labels_outside_the_int32_codes_are_refused(bad_label):
+    instances, semantic, boxes = random_case(15, 4)
+    semantic[3, 5] = bad_label
+    with pytest.raises(ValueError, match=f"semantic_results has labels from .*{bad_label}"):
+        combine_panoptic(instances, semantic, 0.5, 10, 0.5, method="sequential")
+
+
 def test_float_mask_boxes_are_refused():
     instances, semantic, boxes = random_case(1, 3)
     with pytest.raises(ValueError, match="mask_boxes"):
@@ -190,7 +232,7 @@ def test_float_mask_boxes_are_refused():
 def test_locate_masks_gives_tight_boxes(width):
     instances, _, _ = random_case(11, 31, h=41, w=width, density=0.3)
     masks = instances.pred_masks[1:]  # a view at an odd offset: falls back to narrower words
-    located = placement.locate_masks(masks, list(range(len(masks))))
+    located = placement.locate_masks(masks, list(range(len(masks)))).tolist()
     for mask, (x0, y0, x1, y1) in zip(masks, located):
         if not mask.any():
             assert (x0, y0, x1, y1) == (0, 0, 0, 0)

@@ -1,27 +1,42 @@
-"""The combiner's sequential path: the candidates placed one after another on numpy views (CPU).
+"""The combiner's sequential path: the candidates placed one after another by compiled loops (CPU).
 
 Each considered instance is handled inside a rectangle that contains its mask, so the work per
 instance is proportional to the rectangle, not to the image. The rectangles come from the caller
-(``mask_boxes``) or from :func:`locate_masks`. All stuff segments are found with one histogram of
-(semantic label, thing owner) pairs, and the panoptic map is written by one table look-up.
+(``mask_boxes``) or from :func:`locate_masks`, which reads every considered mask once, as machine
+words, in ``torch.get_num_threads()`` threads (the intra-op thread count that Detectron2's own
+postprocessing runs with).
+
+Then:
+
+1. the candidates, in rank order, write their segment id into the free pixels of an owner map
+   (int16, or int32 beyond 32767 candidates), inside their rectangles;
+2. one pass over the image writes each pixel's owner, or the code ``~label`` (< 0) of its semantic
+   label if it has none, into the panoptic map, and counts each label's free pixels;
+3. one more replaces each code by its label's stuff segment id, or 0.
+
+The loops are compiled by numba (:mod:`panoptic_fpn_ext.evaluation.jit`) and release the GIL.
 """
 
-import math
-from typing import List, NamedTuple, Optional, Tuple
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
-__all__ = ["Box", "Placement", "combine_sequential", "locate_masks", "candidate_order"]
+from ..evaluation.jit import jit
 
-Box = Tuple[int, int, int, int]  # x0, y0, x1, y1: a half-open pixel rectangle
+__all__ = ["Placement", "combine_sequential", "locate_masks", "candidate_order"]
 
-# The owner map holds, per pixel, LANES * (k + 1) if candidate k claimed it (0 if none) plus the
-# pixel's "lane", its column mod LANES. Neighbouring pixels, which mostly share (label, owner),
-# then count into different histogram bins: torch.bincount is about 2x faster when consecutive
-# increments do not hit the same counter.
-LANES = 8
+
+# torch integer dtypes the compiled loops read semantic labels in; others are converted to int64
+_LABEL_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)
+# masks located per task: few, so that the threads share the work evenly
+_LOCATE_CHUNK = 4
+# labels counted in the first pass over the image; a larger label costs a second pass
+_LABEL_CAPACITY = 4096
+# most thing segments an int16 owner map holds; beyond, it is int32
+_INT16_SEGMENTS = 2**15 - 1
 
 
 class Placement(NamedTuple):
@@ -41,6 +56,24 @@ class Placement(NamedTuple):
     stuff_areas: List[int]
 
 
+_pools: Dict[int, ThreadPoolExecutor] = {}
+
+
+def _forget_pools() -> None:
+    """After a fork the pools' threads are gone in the child: it makes its own."""
+    _pools.clear()
+
+
+os.register_at_fork(after_in_child=_forget_pools)
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A process-wide pool of ``workers`` threads (one per distinct size)."""
+    if workers not in _pools:
+        _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="panoptic_combine")
+    return _pools[workers]
+
+
 def _word_view(masks: torch.Tensor) -> torch.Tensor:
     """``masks`` (bool (N, H, W), contiguous) read as the widest integers that fit a row: int64,
     int32, int16 or uint8 (N, H, W / bytes). Bool bytes are 0 or 1, so a word is > 0 exactly when
@@ -52,42 +85,90 @@ def _word_view(masks: torch.Tensor) -> torch.Tensor:
     return masks.view(torch.uint8)
 
 
-def _first_and_end(flags: torch.Tensor) -> Tuple[List[int], List[int]]:
-    """Index of the first True and one past the last True of each row; (0, 0) for no True.
+@jit
+def _or_row(words, columns):
+    """OR of ``words`` (1-d); each word is also OR-ed into ``columns`` (same length)."""
+    occupied = words.dtype.type(0)
+    for j in range(words.shape[0]):
+        occupied |= words[j]
+        columns[j] |= words[j]
+    return occupied
+
+
+@jit
+def _byte_extent(columns, word_bytes):
+    """(first, one past the last) nonzero byte of the little-endian words ``columns``; (0, 0)
+    if all are zero."""
+    first, end = 0, 0
+    for j in range(columns.shape[0]):
+        if columns[j]:
+            for b in range(word_bytes - 1, -1, -1):
+                if (columns[j] >> (8 * b)) & 255:
+                    first = j * word_bytes + b
+            break
+    for j in range(columns.shape[0] - 1, -1, -1):
+        if columns[j]:
+            for b in range(word_bytes):
+                if (columns[j] >> (8 * b)) & 255:
+                    end = j * word_bytes + b + 1
+            break
+    return first, end
+
+
+@jit
+def _locate(words, word_bytes, indices, boxes):
+    """The tight rectangle of each mask ``words[indices[k]]`` into ``boxes[k]`` (x0, y0, x1, y1),
+    (0, 0, 0, 0) for an empty mask, from one pass over it.
 
     Args:
-        flags: bool (K, L).
+        words: integer (N, H, V) masks read as little-endian words of ``word_bytes`` pixels.
+        indices: int64 (K,).
+        boxes: int64 (K, 4), written.
     """
-    start = flags.int().argmax(dim=1)
-    end = flags.shape[1] - flags.flip(1).int().argmax(dim=1)
-    present = flags.any(dim=1)
-    return (start * present).tolist(), (end * present).tolist()
+    columns = np.empty(words.shape[2], dtype=words.dtype)
+    for k in range(indices.shape[0]):
+        mask = words[indices[k]]
+        columns[:] = 0
+        first, end = mask.shape[0], 0
+        for y in range(mask.shape[0]):
+            if _or_row(mask[y], columns):
+                first = min(first, y)
+                end = y + 1
+        x0, x1 = _byte_extent(columns, word_bytes)
+        boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3] = x0, first if end else 0, x1, end
 
 
-def locate_masks(masks: torch.Tensor, indices: List[int]) -> List[Box]:
+def locate_masks(masks: torch.Tensor, indices: List[int]) -> np.ndarray:
     """The tight bounding rectangle of each mask ``masks[i]``, ``i`` in ``indices``.
 
-    Each mask is read once in full, as machine words (a word is nonzero where a pixel in it is
-    set), to find its occupied rows; then its occupied rows once more, OR-ing their words into
-    one row whose bytes say which columns are occupied.
+    Each mask is read once, as machine words (a word is nonzero where a pixel in it is set): its
+    occupied rows are the rows with a nonzero word, and the OR of its rows says which columns are
+    occupied. The masks are located in chunks of a few by ``torch.get_num_threads() - 1`` worker
+    threads, first chunk first, and by this thread, last chunk first, until they meet.
 
     Args:
         masks: CPU bool (N, H, W).
         indices: which masks to locate.
     Returns:
-        one (x0, y0, x1, y1) half-open rectangle per index; (0, 0, 0, 0) for an empty mask.
+        int64 (K, 4) half-open rectangles (x0, y0, x1, y1); (0, 0, 0, 0) for an empty mask.
     """
-    if not indices:
-        return []
     words = _word_view(masks.contiguous())
-    rows = torch.stack([words[i].amax(dim=1) for i in indices]) > 0
-    y0, y1 = _first_and_end(rows)
-    words_np = words.numpy()
-    columns = np.zeros((len(indices), words.shape[2]), dtype=words_np.dtype)
-    for k, (i, top, bottom) in enumerate(zip(indices, y0, y1)):
-        np.bitwise_or.reduce(words_np[i, top:bottom], axis=0, out=columns[k])
-    x0, x1 = _first_and_end(torch.from_numpy(columns.view(np.uint8) > 0))
-    return list(zip(x0, y0, x1, y1))
+    word_bytes, words = words.dtype.itemsize, words.numpy()
+    chosen = np.asarray(indices, dtype=np.int64)
+    boxes = np.zeros((len(chosen), 4), dtype=np.int64)
+    chunks = [
+        (words, word_bytes, chosen[lo : lo + _LOCATE_CHUNK], boxes[lo : lo + _LOCATE_CHUNK])
+        for lo in range(0, len(chosen), _LOCATE_CHUNK)
+    ]
+    workers = torch.get_num_threads() - 1
+    futures = [_pool(workers).submit(_locate, *chunk) for chunk in chunks] if workers else []
+    for k in reversed(range(len(chunks))):
+        if not futures or futures[k].cancel():  # not started by a worker
+            _locate(*chunks[k])
+    for future in futures:
+        if not future.cancelled():
+            future.result()
+    return boxes
 
 
 def candidate_order(scores: torch.Tensor, score_threshold: float) -> List[int]:
@@ -107,124 +188,152 @@ def candidate_order(scores: torch.Tensor, score_threshold: float) -> List[int]:
     return order[:stop].tolist()
 
 
-def _clip_boxes(mask_boxes: torch.Tensor, order: List[int], height: int, width: int) -> List[Box]:
-    """``mask_boxes[order]`` clipped to the image (one host transfer)."""
-    sizes = (width, height, width, height)
-    return [
-        tuple(min(max(v, 0), size) for v, size in zip(box, sizes))
-        for box in mask_boxes[order].tolist()
-    ]
+def _clip_boxes(mask_boxes: torch.Tensor, order: List[int], height: int, width: int) -> np.ndarray:
+    """int64 (K, 4): ``mask_boxes[order]`` clipped to the image."""
+    boxes = mask_boxes[order].long()
+    limits = torch.tensor([width, height, width, height])
+    return torch.minimum(boxes.clamp(min=0), limits).numpy()
 
 
-def _empty_owner_map(height: int, width: int, num_candidates: int) -> torch.Tensor:
-    """int16 (int32 beyond 4094 candidates) (H, W) owner map with no pixel claimed: the lanes."""
-    dtype = torch.int16 if LANES * (num_candidates + 2) <= 2**15 else torch.int32
-    lanes = torch.arange(width, dtype=dtype) % LANES
-    return lanes.expand(height, width).contiguous()
+@jit
+def _count_taken(mask_row, owner_row):
+    """(set pixels of ``mask_row``, those already claimed in ``owner_row``, i.e. not 0)."""
+    area, taken = 0, 0
+    for x in range(mask_row.shape[0]):
+        pixel = np.int64(mask_row[x])
+        area += pixel
+        taken += pixel * (owner_row[x] != 0)
+    return area, taken
 
 
-def _place_instances(
-    owner: torch.Tensor,
-    masks: torch.Tensor,
-    order: List[int],
-    boxes: List[Box],
-    overlap_threshold: float,
-) -> List[bool]:
-    """Let the candidates claim pixels in ``order``; record each claimed pixel's claimant.
+@jit
+def _claim(mask_row, owner_row, segment_id):
+    """Write ``segment_id`` into the free pixels (0) of ``owner_row`` that ``mask_row`` sets."""
+    for x in range(mask_row.shape[0]):
+        current = owner_row[x]
+        free_and_set = (mask_row[x] != 0) & (current == 0)
+        owner_row[x] = segment_id if free_and_set else current
+
+
+@jit
+def _place_instances(masks, order, boxes, overlap_threshold, owner, keep):
+    """Let the candidates claim pixels in ``order``; kept ones become segments 1, 2, ...
 
     Candidate ``k`` (``masks[order[k]]``, inside ``boxes[k]``) is kept when its mask is non-empty
-    and at most ``overlap_threshold`` of it is already claimed; it then claims its free pixels.
-    Runs on numpy views (a fraction of torch's per-call overhead), deciding in Python.
+    and at most ``overlap_threshold`` of it is already claimed (Detectron2's test, in float64 as
+    Python computes it); it then writes its segment id into its free pixels.
 
     Args:
-        owner: CPU (H, W) from :func:`_empty_owner_map`; ``LANES * (k + 1)`` is added to the
-            pixels that candidate ``k`` claims (in place).
-        masks: CPU bool (N, H, W).
-        order: K indices into ``masks``, best first.
-        boxes: K rectangles (x0, y0, x1, y1), each containing its mask.
+        masks: uint8 (N, H, W), 0 or 1.
+        order: int64 (K,) indices into ``masks``, best first.
+        boxes: int64 (K, 4) rectangles (x0, y0, x1, y1) inside the image, each containing its mask.
+        owner: integer (H, W), 0 where free; the segment ids are written in place.
+        keep: bool (K,), set for the kept candidates.
     Returns:
-        K flags: which candidates were kept.
+        the number of kept candidates.
     """
-    owner_np, masks_np = owner.numpy(), masks.numpy()
-    claimed = np.zeros(owner_np.shape, dtype=bool)
-    keep = []
-    for rank, (index, (x0, y0, x1, y1)) in enumerate(zip(order, boxes)):
-        mask = masks_np[index, y0:y1, x0:x1]
-        region = claimed[y0:y1, x0:x1]
-        area = np.count_nonzero(mask)
-        new = mask > region  # the mask's pixels that are still free
-        taken = area - np.count_nonzero(new)
-        # Detectron2's test, in the same Python float arithmetic
-        kept = area > 0 and not taken * 1.0 / area > overlap_threshold
-        keep.append(kept)
-        if kept:
-            owner_crop = owner_np[y0:y1, x0:x1]
-            owner_crop += new * owner_np.dtype.type(LANES * (rank + 1))  # 3x a masked copy
-            region |= new
-    return keep
+    next_id = 1
+    for k in range(order.shape[0]):
+        mask = masks[order[k]]
+        x0, y0, x1, y1 = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
+        area, taken = 0, 0
+        for y in range(y0, y1):
+            row_area, row_taken = _count_taken(mask[y, x0:x1], owner[y, x0:x1])
+            area += row_area
+            taken += row_taken
+        if area > 0 and not taken * 1.0 / area > overlap_threshold:
+            keep[k] = True
+            for y in range(y0, y1):
+                _claim(mask[y, x0:x1], owner[y, x0:x1], next_id)
+            next_id += 1
+    return next_id - 1
 
 
-def _label_owner_histogram(
-    owner: torch.Tensor, semantic: torch.Tensor, num_candidates: int
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Pixel counts of every (semantic label, owner) pair, and each pixel's code for its pair.
+@jit
+def _code_pixels(semantic, owner, panoptic, free, total):
+    """Code every pixel into ``panoptic`` (int32 (H, W)): its owner's segment id if it has one
+    (``owner`` not 0), else ``~label`` (< 0), from ``semantic`` (integer (H, W)). Adds each
+    label's pixels to ``total[label]`` and its free ones to ``free[label]`` (int64 (C,), labels
+    >= C are not counted). Counts along runs of one label, so that neighbouring pixels do not
+    wait on the same counter.
 
-    Args:
-        owner: (H, W) from :func:`_place_instances`.
-        semantic: integer (H, W) labels >= 0.
     Returns:
-        code: int64 (H, W), ``LANES * (label * (K + 1) + owner) + lane`` with K =
-            ``num_candidates`` and owner 0 for no thing, k + 1 for candidate k.
-        counts: int64 (L, K + 1), L = largest label + 1: pixels per (label, owner);
-            ``counts[l, 0]`` is the number of free pixels of label l.
+        the smallest and the largest label (0, -1 for no pixel).
     """
-    width = num_candidates + 1
-    code = owner.long().add_(semantic.long(), alpha=LANES * width)
-    counts = torch.bincount(code.flatten())
-    num_labels = math.ceil(counts.numel() / (LANES * width))
-    counts = F.pad(counts, (0, num_labels * width * LANES - counts.numel()))
-    return code, counts.view(num_labels, width, LANES).sum(dim=2)
+    capacity = free.shape[0]
+    low, high = np.int64(0), np.int64(-1)
+    if semantic.size:
+        low, high = np.int64(semantic[0, 0]), np.int64(semantic[0, 0])
+    for y in range(semantic.shape[0]):
+        labels, owners, codes = semantic[y], owner[y], panoptic[y]
+        for x in range(labels.shape[0]):
+            low, high = min(low, np.int64(labels[x])), max(high, np.int64(labels[x]))
+            codes[x] = owners[x] if owners[x] != 0 else ~np.int32(labels[x])
+        current, run, run_free = np.int64(0), 0, 0
+        if labels.shape[0]:
+            current = np.int64(labels[0])
+        for x in range(labels.shape[0]):
+            if labels[x] != current:
+                if 0 <= current < capacity:
+                    total[current] += run
+                    free[current] += run_free
+                current, run, run_free = np.int64(labels[x]), 0, 0
+            run += 1
+            run_free += owners[x] == 0
+        if 0 <= current < capacity:
+            total[current] += run
+            free[current] += run_free
+    return low, high
 
 
-def _stuff_labels(counts: torch.Tensor, stuff_area_limit: float) -> Tuple[List[int], List[int]]:
+@jit
+def _write_stuff(panoptic, stuff_ids):
+    """Replace each free pixel's code ``~label`` in ``panoptic`` (int32 (h, W)) by
+    ``stuff_ids[label]`` (int32 (L,), 0 for no segment)."""
+    for y in range(panoptic.shape[0]):
+        codes = panoptic[y]
+        for x in range(codes.shape[0]):
+            current = codes[x]
+            codes[x] = stuff_ids[max(~current, 0)] if current < 0 else current
+
+
+def _coded_pixels(
+    semantic: torch.Tensor, owner: np.ndarray, panoptic: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`_code_pixels` of the CPU integer (H, W) labels ``semantic``; returns int64 (L,)
+    free and total pixels of each label, L = largest label + 1. Labels outside
+    [0, 2**31 - 1) are refused."""
+    if semantic.dtype not in _LABEL_DTYPES:
+        semantic = semantic.long()
+    labels = semantic.contiguous().numpy()
+    free, total = np.zeros((2, _LABEL_CAPACITY), dtype=np.int64)
+    low, high = _code_pixels(labels, owner, panoptic, free, total)
+    if low < 0 or high >= 2**31 - 1:
+        raise ValueError(
+            f"combine_panoptic: semantic_results has labels from {low} to {high}; labels are "
+            f"in [0, 2**31 - 1), 0 being 'other'"
+        )
+    if high >= _LABEL_CAPACITY:  # count again, with room for every label
+        free, total = np.zeros((2, high + 1), dtype=np.int64)
+        _code_pixels(labels, owner, panoptic, free, total)
+    return free[: high + 1], total[: high + 1]
+
+
+def _stuff_labels(
+    free: np.ndarray, total: np.ndarray, stuff_area_limit: float
+) -> Tuple[List[int], List[int]]:
     """The labels that become stuff segments, ascending, and their free areas.
 
     A label does when it occurs in the map, is not 0 ("other"), and its free pixels are not fewer
     than ``stuff_area_limit`` (Detectron2's test, as Python numbers).
-
-    Args:
-        counts: int64 (L, K + 1) from :func:`_label_owner_histogram`.
     """
-    free, total = torch.stack([counts[:, 0], counts.sum(dim=1)]).tolist()
+    free, total = free.tolist(), total.tolist()
     labels = [
         label
         for label in range(1, len(free))
         if total[label] > 0 and not free[label] < stuff_area_limit
     ]
     return labels, [free[label] for label in labels]
-
-
-def _panoptic_map(
-    code: torch.Tensor, keep: List[bool], stuff_labels: List[int], num_labels: int
-) -> torch.Tensor:
-    """Segment id of every pixel, looked up from its code.
-
-    Thing segments get ids 1..T in rank order, then stuff segments T+1.. by ascending label.
-
-    Args:
-        code: int64 (H, W) from :func:`_label_owner_histogram`.
-        keep: K flags, which candidates are thing segments.
-        stuff_labels: ascending labels that are stuff segments, all < ``num_labels``.
-    Returns:
-        int32 (H, W).
-    """
-    num_things = sum(keep)
-    thing_ids = np.cumsum(keep, dtype=np.int32) * np.asarray(keep, dtype=bool)
-    table = np.zeros((num_labels, len(keep) + 1), dtype=np.int32)
-    table[:, 1:] = thing_ids
-    table[stuff_labels, 0] = np.arange(num_things + 1, num_things + 1 + len(stuff_labels))
-    table = torch.from_numpy(table).flatten().repeat_interleave(LANES)
-    return table.index_select(0, code.flatten()).view(code.shape)
 
 
 def combine_sequential(
@@ -248,13 +357,20 @@ def combine_sequential(
     """
     height, width = semantic.shape
     order = candidate_order(scores, instances_score_threshold)
+    ranked = np.asarray(order, dtype=np.int64)
     if mask_boxes is None:
         boxes = locate_masks(masks, order)
     else:
         boxes = _clip_boxes(mask_boxes, order, height, width)
-    owner = _empty_owner_map(height, width, len(order))
-    keep = _place_instances(owner, masks, order, boxes, overlap_threshold)
-    code, counts = _label_owner_histogram(owner, semantic, len(order))
-    stuff_labels, stuff_areas = _stuff_labels(counts, stuff_area_limit)
-    panoptic_seg = _panoptic_map(code, keep, stuff_labels, len(counts))
-    return Placement(panoptic_seg, order, keep, stuff_labels, stuff_areas)
+    owner_dtype = np.int16 if len(order) <= _INT16_SEGMENTS else np.int32
+    owner = np.zeros((height, width), dtype=owner_dtype)
+    keep = np.zeros(len(order), dtype=np.bool_)
+    masks_np = masks.contiguous().numpy().view(np.uint8)
+    num_things = _place_instances(masks_np, ranked, boxes, overlap_threshold, owner, keep)
+    panoptic = torch.empty((height, width), dtype=torch.int32)
+    free, total = _coded_pixels(semantic, owner, panoptic.numpy())
+    stuff_labels, stuff_areas = _stuff_labels(free, total, stuff_area_limit)
+    stuff_ids = np.zeros(len(free), dtype=np.int32)
+    stuff_ids[stuff_labels] = np.arange(len(stuff_labels)) + num_things + 1
+    _write_stuff(panoptic.numpy(), stuff_ids)
+    return Placement(panoptic, order, keep.tolist(), stuff_labels, stuff_areas)

@@ -6,10 +6,11 @@ two paths:
 
 * sequential (:mod:`.placement`, the default on CPU): Detectron2 makes several passes over the
   full image for every instance and for every stuff label. Here each considered instance is
-  handled inside a rectangle that contains its mask, on numpy views, so the work per instance is
-  proportional to the rectangle, not to the image. The rectangles come either from the caller
+  handled inside a rectangle that contains its mask, by compiled loops, so the work per instance
+  is proportional to the rectangle, not to the image. The rectangles come either from the caller
   (``mask_boxes``, e.g. :func:`paste_regions` for masks pasted by Detectron2) or from one pass
-  over each considered mask. One histogram finds every stuff segment.
+  over each considered mask, shared among torch's intra-op threads. Two passes over the image
+  then find and write every stuff segment.
 * parallel (:mod:`.fixed_point`, the default on other devices): every instance is decided at
   once by a fixed point over the list of mask pixels, so the number of operators (GPU kernels)
   and host synchronisations per image does not grow with the number of instances beyond a few
