@@ -161,13 +161,16 @@ class _CategoryMap:
         # Contiguous stuff id 0 is the "things" label, not a dataset category.
         self.stuff = {k: v for k, v in metadata["stuff_dataset_id_to_contiguous_id"].items() if v}
 
-    def convert(self, category_id: Any, where: str) -> Dict[str, Any]:
+    def convert(self, category_id: Any, where: str, segment_id: Any) -> Dict[str, Any]:
+        """Contiguous id and "isthing" of a dataset category id; ``where`` and ``segment_id``
+        name the segment in the error."""
         if category_id in self.things:
             return {"category_id": self.things[category_id], "isthing": True}
         if category_id in self.stuff:
             return {"category_id": self.stuff[category_id], "isthing": False}
         raise PanopticDataError(
-            f"{where} has category_id {category_id!r}, which is not a category of the dataset "
+            f"{where} segment {segment_id!r} has category_id {category_id!r}, which is not a "
+            "category of the dataset "
             f"(thing ids {sorted(self.things)}, stuff ids {sorted(self.stuff)})"
         )
 
@@ -177,17 +180,21 @@ def _convert_segments(segments: Iterable[Mapping], categories: _CategoryMap, whe
     converted, seen = [], set()
     for segment in segments:
         segment_id = segment.get("id")
-        seg_where = f"{where} segment {segment_id!r}"
         if not isinstance(segment_id, int) or segment_id <= VOID_ID or segment_id >= 256**3:
-            raise PanopticDataError(f"{seg_where}: expected an id in [1, 256³) (0 is void)")
+            problem = "expected an id in [1, 256³) (0 is void)"
+            raise PanopticDataError(f"{where} segment {segment_id!r}: {problem}")
         if segment_id in seen:
-            raise PanopticDataError(f"{seg_where}: the id appears twice")
-        if segment.get("iscrowd", 0) not in (0, 1):
-            raise PanopticDataError(f"{seg_where}: iscrowd is {segment['iscrowd']!r}; expected 0/1")
+            raise PanopticDataError(f"{where} segment {segment_id!r}: the id appears twice")
+        iscrowd = segment.get("iscrowd", 0)
+        if iscrowd not in (0, 1):
+            problem = f"iscrowd is {iscrowd!r}; expected 0/1"
+            raise PanopticDataError(f"{where} segment {segment_id!r}: {problem}")
         seen.add(segment_id)
-        out = {"id": segment_id, "iscrowd": int(segment.get("iscrowd", 0))}
-        out.update(categories.convert(segment.get("category_id"), seg_where))
-        out.update({k: segment[k] for k in ("area", "bbox") if k in segment})
+        category = categories.convert(segment.get("category_id"), where, segment_id)
+        out = {"id": segment_id, "iscrowd": int(iscrowd), **category}
+        for key in ("area", "bbox"):
+            if key in segment:
+                out[key] = segment[key]
         converted.append(out)
     return converted
 

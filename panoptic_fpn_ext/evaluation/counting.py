@@ -24,44 +24,26 @@ from .id_index import (
     rgba_ids,
     segment_index_map,
 )
-from .id_table import build_id_table, find_index
+from .id_table import build_id_table
 from .jit import jit
 from .png import FilteredPng, joint_counts
+from .runs import boundary_buffer, count_row
 
 __all__ = ["MAX_BINS", "cpu_joint_histogram", "image_joint_histogram"]
 
 # The CPU route counts into (Kg + 2) x (Kp + 2) int64 bins per thread: at most this many (32 MiB).
 MAX_BINS = 1 << 22
-# Unsigned constants for the kernel's indices (an int64 would turn uint64 arithmetic to float).
-_U0 = np.uint64(0)
 
 
 @jit
-def _count_id_pairs(gt_values, is_rgba, pred_map, gt_ids, pred_ids, counts):
-    """See :func:`cpu_joint_histogram`: ``gt_values`` and ``pred_map`` are (H * W,), an RGBA
-    word's id its low 24 bits; ``counts`` is int64 ((Kg + 2) * (Kp + 2),). Indices are uint64
-    (see :func:`.png._unfilter_ids`)."""
-    gt_keys, gt_indices, gt_shift = build_id_table(gt_ids)
-    pred_keys, pred_indices, pred_shift = build_id_table(pred_ids)
-    gt_unlisted, pred_unlisted = len(gt_ids) + 1, len(pred_ids) + 1
-    num_columns = np.uint64(len(pred_ids) + 2)
-    last_gt, base, last_pred, column = np.int64(0), _U0, np.int64(0), _U0  # void, void
-    key, run = _U0, 0  # pixels are counted in runs of one key
-    for i in range(np.uint64(len(gt_values))):
-        gt_value, pred_id = np.int64(gt_values[i]), np.int64(pred_map[i])
-        if is_rgba:
-            gt_value &= MAX_SEGMENT_ID
-        if gt_value != last_gt:
-            row = find_index(gt_keys, gt_indices, gt_shift, gt_value, gt_unlisted)
-            last_gt, base = gt_value, np.uint64(row) * num_columns
-        if pred_id != last_pred:
-            index = find_index(pred_keys, pred_indices, pred_shift, pred_id, pred_unlisted)
-            last_pred, column = pred_id, np.uint64(index)
-        if base + column != key:
-            counts[key] += run
-            key, run = base + column, 0
-        run += 1
-    counts[key] += run
+def _count_id_pairs(gt_values, gt_mask, pred_map, gt_ids, pred_ids, counts):
+    """See :func:`cpu_joint_histogram`: ``gt_values`` and ``pred_map`` are (H, W), a GT id is
+    ``gt_values & gt_mask``; ``counts`` is int64 ((Kg + 2) * (Kp + 2),)."""
+    gt_table = (*build_id_table(gt_ids), len(gt_ids) + 1)
+    pred_table = (*build_id_table(pred_ids), len(pred_ids) + 1)
+    boundaries = boundary_buffer(gt_values.shape[1])
+    for y in range(gt_values.shape[0]):
+        count_row(gt_values[y], pred_map[y], gt_mask, gt_table, pred_table, counts, boundaries)
 
 
 def cpu_joint_histogram(
@@ -84,13 +66,15 @@ def cpu_joint_histogram(
     gt_ids, pred_ids = gt_ids.numpy(), pred_ids.numpy()
     if (len(gt_ids) + 2) * (len(pred_ids) + 2) > MAX_BINS:
         return None
-    pred_map = pred_id_map.reshape(-1).numpy()
     if isinstance(gt_id_map, FilteredPng):
-        return joint_counts(gt_id_map, gt_ids, pred_map, pred_ids)
+        return joint_counts(gt_id_map, gt_ids, pred_id_map.reshape(-1).numpy(), pred_ids)
     counts = np.zeros((len(gt_ids) + 2) * (len(pred_ids) + 2), dtype=np.int64)
-    is_rgba = not isinstance(gt_id_map, torch.Tensor)
-    gt_values = rgba_ids(gt_id_map) if is_rgba else gt_id_map.numpy()
-    _count_id_pairs(gt_values.reshape(-1), is_rgba, pred_map, gt_ids, pred_ids, counts)
+    if isinstance(gt_id_map, torch.Tensor):
+        gt_values, gt_mask = gt_id_map.numpy(), -1
+    else:  # RGBA: the id is a word's low 24 bits
+        gt_values, gt_mask = rgba_ids(gt_id_map), MAX_SEGMENT_ID
+    pred_map = pred_id_map.numpy()
+    _count_id_pairs(gt_values, np.int64(gt_mask), pred_map, gt_ids, pred_ids, counts)
     return counts.reshape(len(gt_ids) + 2, len(pred_ids) + 2)
 
 

@@ -52,10 +52,11 @@ def _read_ground_truth_png(path: str) -> Union[FilteredPng, np.ndarray]:
         FileNotFoundError: no such file.
         PanopticDataError: the file cannot be decoded, or is not 8-bit RGB/RGBA.
     """
-    if not PathManager.isfile(path):
-        raise FileNotFoundError(f"Panoptic PNG {path} does not exist")
-    with PathManager.open(path, "rb") as f:
-        data = f.read()
+    try:
+        with PathManager.open(path, "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, IsADirectoryError) as e:
+        raise FileNotFoundError(f"Panoptic PNG {path} does not exist") from e
     png = read_filtered_png(data, path)
     if png is not None:
         return png
@@ -367,6 +368,8 @@ class PanopticQualityEvaluator(DatasetEvaluator):
         return results
 
     def _log_per_class(self, per_category: Dict[str, np.ndarray]) -> None:
+        if not logger.isEnabledFor(logging.INFO):
+            return
         rows = [
             [name, "thing" if isthing else "stuff"]
             + [100 * per_category[m][k] for m in ("pq", "sq", "rq")]

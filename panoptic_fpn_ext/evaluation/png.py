@@ -21,8 +21,9 @@ from typing import Dict, Iterator, NamedTuple, Optional, Tuple
 import numpy as np
 
 from ..data.panoptic_io import PanopticDataError
-from .id_table import build_id_table, find_index
+from .id_table import build_id_table
 from .jit import jit
+from .runs import boundary_buffer, count_row
 
 __all__ = ["FilteredPng", "decode_rgba", "joint_counts", "read_filtered_png"]
 
@@ -207,33 +208,17 @@ def _unfilter_ids(data, start, channels, ids, previous) -> bool:
 def _unfilter_and_count(data, height, width, channels, gt_ids, pred_map, pred_ids, counts):
     """See :func:`joint_counts`; returns -1, or the first row with an unknown filter type.
     Indices are uint64 (see :func:`_unfilter_ids`)."""
-    gt_keys, gt_indices, gt_shift = build_id_table(gt_ids)
-    pred_keys, pred_indices, pred_shift = build_id_table(pred_ids)
-    gt_unlisted, pred_unlisted = len(gt_ids) + 1, len(pred_ids) + 1
+    gt_table = (*build_id_table(gt_ids), len(gt_ids) + 1)
+    pred_table = (*build_id_table(pred_ids), len(pred_ids) + 1)
+    boundaries = boundary_buffer(width)
     width, channels = np.uint64(width), np.uint64(channels)
-    num_columns = np.uint64(len(pred_ids) + 2)
     ids, previous = np.zeros(width, dtype=np.int32), np.zeros(width, dtype=np.int32)
-    key, run = _U0, 0  # pixels are counted in runs of one key
     for y in range(np.uint64(height)):
         ids, previous = previous, ids
         if not _unfilter_ids(data, y * (_U1 + width * channels), channels, ids, previous):
             return np.int64(y)
-        last_id, base, last_pred, column = np.int64(-1), _U0, np.int64(-1), _U0
-        offset = y * width
-        for x in range(width):
-            segment_id = np.int64(ids[x])
-            if segment_id != last_id:
-                row = find_index(gt_keys, gt_indices, gt_shift, segment_id, gt_unlisted)
-                last_id, base = segment_id, np.uint64(row) * num_columns
-            pred_id = np.int64(pred_map[offset + x])
-            if pred_id != last_pred:
-                index = find_index(pred_keys, pred_indices, pred_shift, pred_id, pred_unlisted)
-                last_pred, column = pred_id, np.uint64(index)
-            if base + column != key:
-                counts[key] += run
-                key, run = base + column, 0
-            run += 1
-    counts[key] += run
+        pred_row = pred_map[y * width : (y + _U1) * width]
+        count_row(ids, pred_row, np.int64(-1), gt_table, pred_table, counts, boundaries)
     return -1
 
 

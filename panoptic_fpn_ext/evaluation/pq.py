@@ -28,7 +28,7 @@ semantic "things" label). Here both kinds share one axis, the *category index*: 
 """
 
 from dataclasses import dataclass
-from typing import Dict, Union
+from typing import Dict, Tuple, Union
 
 import numpy as np
 import torch
@@ -102,9 +102,29 @@ class PQStatistics:
 
 
 @jit
+def _ids_agree(counts):
+    """Whether a joint histogram (int64 (Kg + 2, Kp + 2)) has no pixel of an unlisted id (last
+    row and column) and a pixel for every listed segment (see :func:`.check_segment_ids`)."""
+    last_row, last_column = counts.shape[0] - 1, counts.shape[1] - 1
+    agree = True
+    for g in range(last_row + 1):
+        agree &= counts[g, last_column] == 0
+    for p in range(last_column + 1):
+        agree &= counts[last_row, p] == 0
+    for g in range(1, last_row):
+        agree &= counts[g].sum() > 0
+    for p in range(1, last_column):
+        agree &= counts[:, p].sum() > 0
+    return agree
+
+
+@jit
 def _add_image_counts(counts, gt_categories, gt_crowd, pred_categories, tp, fp, fn, iou_sum):
     """The rules above, on one image's joint histogram ``counts`` (int64 (Kg + 2, Kp + 2): row
-    and column 0 void, then the segments); adds its TP, FP, FN and IoU sums to the (C,) arrays."""
+    and column 0 void, then the segments); adds its TP, FP, FN and IoU sums to the (C,) arrays.
+    Returns :func:`_ids_agree` of ``counts`` (the statistics are meaningless without)."""
+    if not _ids_agree(counts):
+        return False
     num_gt, num_pred = len(gt_categories), len(pred_categories)
     gt_area, pred_area = np.zeros(num_gt, np.int64), np.zeros(num_pred, np.int64)
     for g in range(num_gt):
@@ -136,6 +156,23 @@ def _add_image_counts(counts, gt_categories, gt_crowd, pred_categories, tp, fp, 
         ignored = counts[0, p + 1] + (counts[crowd + 1, p + 1] if crowd >= 0 else 0)
         if not pred_matched[p] and 2 * ignored <= pred_area[p]:
             fp[pred_categories[p]] += 1
+    return True
+
+
+def _image_statistics(
+    histogram: Union[torch.Tensor, np.ndarray], gt: Segments, pred: Segments, num_categories: int
+) -> Tuple[PQStatistics, bool]:
+    """:func:`image_statistics`, and whether the histogram passes :func:`check_segment_ids`."""
+    counts, iou_sum = np.zeros((3, num_categories), np.int64), np.zeros(num_categories)
+    agree = _add_image_counts(
+        np.ascontiguousarray(host_array(histogram)),
+        gt.categories.cpu().numpy(),
+        gt.iscrowd.cpu().numpy(),
+        pred.categories.cpu().numpy(),
+        *counts,
+        iou_sum,
+    )
+    return PQStatistics(*torch.from_numpy(counts), torch.from_numpy(iou_sum)), agree
 
 
 def image_statistics(
@@ -153,15 +190,7 @@ def image_statistics(
     Returns:
         this image's statistics, on the CPU.
     """
-    statistics = PQStatistics.zeros(num_categories)
-    _add_image_counts(
-        np.ascontiguousarray(host_array(histogram)),
-        gt.categories.cpu().numpy(),
-        gt.iscrowd.cpu().numpy(),
-        pred.categories.cpu().numpy(),
-        *(x.numpy() for x in (statistics.tp, statistics.fp, statistics.fn, statistics.iou_sum)),
-    )
-    return statistics
+    return _image_statistics(histogram, gt, pred, num_categories)[0]
 
 
 def _integer_id_map(id_map: torch.Tensor, describe: str) -> torch.Tensor:
@@ -211,8 +240,10 @@ def image_pq_statistics(
         )
     pred_id_map = _integer_id_map(pred_id_map, describe)
     histogram = image_joint_histogram(gt_id_map, gt.ids, pred_id_map, pred.ids)
-    check_segment_ids(histogram, gt_id_map, gt.ids, pred_id_map, pred.ids, describe)
-    return image_statistics(histogram, gt, pred, num_categories)
+    statistics, ids_agree = _image_statistics(histogram, gt, pred, num_categories)
+    if not ids_agree:
+        check_segment_ids(histogram, gt_id_map, gt.ids, pred_id_map, pred.ids, describe)
+    return statistics
 
 
 def pq_per_category(statistics: PQStatistics) -> Dict[str, np.ndarray]:

@@ -11,6 +11,7 @@ import torch
 
 from ..data.panoptic_io import VOID_ID, PanopticDataError
 from .id_index import MAX_SEGMENT_ID, GroundTruth, ground_truth_ids
+from .jit import jit
 
 __all__ = [
     "PanopticPredictionError",
@@ -49,7 +50,8 @@ def _listed(values: Sequence) -> str:
 
 
 def _segment_table(segments_info: Sequence[Mapping], describe: str, error: Type[ValueError]):
-    """(ids, isthing, category_id, iscrowd) int64 arrays (K,) of a segments_info list."""
+    """int64 (K, 4): (id, isthing, category_id, iscrowd) of each segment of a segments_info
+    list."""
     try:
         rows = [
             (s["id"], bool(s["isthing"]), s["category_id"], s.get("iscrowd", 0))
@@ -66,8 +68,29 @@ def _segment_table(segments_info: Sequence[Mapping], describe: str, error: Type[
             f"{describe}: segments_info holds non-integer values ({table.dtype}) in 'id', "
             "'category_id' or 'iscrowd'"
         )
-    table = table.astype(np.int64)
-    return table[:, 0], table[:, 1].astype(bool), table[:, 2], table[:, 3].astype(bool)
+    return table.astype(np.int64, copy=False)
+
+
+@jit
+def _contiguous_categories(table, num_things, num_stuff, categories):
+    """Each segment's category index into ``categories`` (int64 (K,)): thing t is t, stuff s is
+    T + s - 1. ``table`` is int64 (K, 4) of :func:`_segment_table`. Returns False when an id is
+    out of [1, MAX_SEGMENT_ID] or repeats, or a category is unknown (the caller then finds which,
+    see :func:`_check_ids`, :func:`_check_categories`)."""
+    valid = True
+    for k in range(table.shape[0]):
+        segment_id, isthing, category = table[k, 0], table[k, 1], table[k, 2]
+        valid &= VOID_ID < segment_id <= MAX_SEGMENT_ID
+        if isthing:
+            valid &= 0 <= category < num_things
+            categories[k] = category
+        else:
+            valid &= 1 <= category <= num_stuff
+            categories[k] = num_things + category - 1
+    ids = np.sort(table[:, 0])
+    for k in range(1, len(ids)):
+        valid &= ids[k] != ids[k - 1]
+    return valid
 
 
 def _check_ids(ids: np.ndarray, describe: str, error: Type[ValueError]) -> None:
@@ -126,11 +149,14 @@ def segments_from_info(
         error: a segment lacks a key, an id is out of [1, MAX_SEGMENT_ID] or repeats, or a
             category is unknown.
     """
-    ids, isthing, category_id, iscrowd = _segment_table(segments_info, describe, error)
-    _check_ids(ids, describe, error)
-    _check_categories(ids, isthing, category_id, num_things, num_stuff, describe, error)
-    categories = np.where(isthing, category_id, num_things + category_id - 1)
-    return Segments(torch.as_tensor(ids), torch.as_tensor(categories), torch.as_tensor(iscrowd))
+    table = _segment_table(segments_info, describe, error)
+    categories = np.empty(len(table), dtype=np.int64)
+    if not _contiguous_categories(table, num_things, num_stuff, categories):
+        ids, isthing, category_id = table[:, 0], table[:, 1].astype(bool), table[:, 2]
+        _check_ids(ids, describe, error)
+        _check_categories(ids, isthing, category_id, num_things, num_stuff, describe, error)
+    ids, iscrowd = np.ascontiguousarray(table[:, 0]), table[:, 3].astype(bool)
+    return Segments(torch.from_numpy(ids), torch.from_numpy(categories), torch.from_numpy(iscrowd))
 
 
 def _unlisted_ids(id_map: torch.Tensor, segment_ids: torch.Tensor) -> list:
