@@ -37,9 +37,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Bytes per pixel of the color types read here (bit depth 8): RGB, RGBA.
 _CHANNELS: Dict[int, int] = {2: 3, 6: 4}
 # PNG filter types: None, Sub, Up, Average, Paeth.
-_NONE, _SUB, _UP, _AVERAGE = 0, 1, 2, 3
+_NONE, _SUB, _UP, _AVERAGE, _PAETH = 0, 1, 2, 3, 4
 # Unsigned constants for the kernels' indices (an int64 would turn uint64 arithmetic to float).
-_U0, _U1, _U2 = np.uint64(0), np.uint64(1), np.uint64(2)
+_U1, _U2 = np.uint64(1), np.uint64(2)
 
 
 class FilteredPng(NamedTuple):
@@ -159,13 +159,21 @@ def _paeth(left, up, up_left):
 @jit
 def _paeth_bytes(left, up, up_left):
     """The Paeth predictor of a pixel's color bytes."""
-    if up == up_left:  # every byte above equals the one above-left: each predicts its left one
-        return left
     predicted = 0
     for shift in range(0, 24, 8):
         byte = _paeth((left >> shift) & 255, (up >> shift) & 255, (up_left >> shift) & 255)
         predicted |= byte << shift
     return predicted
+
+
+@jit
+def _color(data, position):
+    """The 3 color bytes of the pixel at ``data[position]`` (uint64) as ``R + 256 G + 256² B``."""
+    return (
+        np.int64(data[position])
+        | np.int64(data[position + _U1]) << 8
+        | np.int64(data[position + _U2]) << 16
+    )
 
 
 @jit
@@ -175,32 +183,45 @@ def _unfilter_ids(data, start, channels, ids, previous) -> bool:
     ``len(ids) * channels`` bytes its filtered pixels; ``previous`` holds the ids of the row
     above (zeros for the first). Fills ``ids`` (int32 (W,)) with ``R + 256 G + 256² B`` of each
     pixel; False for an unknown filter type. ``start`` and ``channels`` are uint64: unsigned
-    indices spare numba's check for negative ones, which would keep the loop from vectorising."""
+    indices spare numba's check for negative ones, which would keep the loops from vectorising.
+
+    One loop per filter type. Where Sub and Paeth predict a pixel from its left neighbour and the
+    filtered value is 0 (inside a segment), the pixel is its left neighbour: a branch, predicted
+    right almost everywhere, instead of the byte arithmetic that would chain every pixel of the
+    row to the one before."""
     kind = data[start]
-    if kind > 4:
+    first, width = start + _U1, np.uint64(len(ids))
+    if kind == _NONE:
+        for x in range(width):
+            ids[x] = _color(data, first + x * channels)
+    elif kind == _UP:
+        for x in range(width):
+            ids[x] = _add_bytes(_color(data, first + x * channels), np.int64(previous[x]))
+    elif kind == _SUB:
+        left = np.int64(0)  # the bytes left of the first pixel are 0
+        for x in range(width):
+            filtered = _color(data, first + x * channels)
+            if filtered != 0:
+                left = _add_bytes(filtered, left)
+            ids[x] = left
+    elif kind == _AVERAGE:
+        left = np.int64(0)
+        for x in range(width):
+            average = _average_bytes(left, np.int64(previous[x]))
+            left = _add_bytes(_color(data, first + x * channels), average)
+            ids[x] = left
+    elif kind == _PAETH:
+        left, up_left = np.int64(0), np.int64(0)
+        for x in range(width):
+            up, filtered = np.int64(previous[x]), _color(data, first + x * channels)
+            if up != up_left:
+                left = _add_bytes(filtered, _paeth_bytes(left, up, up_left))
+            elif filtered != 0:  # every byte above equals the one above-left: left predicts
+                left = _add_bytes(filtered, left)
+            ids[x] = left
+            up_left = up
+    else:
         return False
-    left, up_left = np.int64(0), np.int64(0)  # the bytes left of the first pixel are 0
-    position = start + _U1
-    for x in range(np.uint64(len(ids))):
-        filtered = (
-            np.int64(data[position])
-            | np.int64(data[position + _U1]) << 8
-            | np.int64(data[position + _U2]) << 16
-        )
-        position += channels
-        up = np.int64(previous[x])
-        if kind == _NONE:
-            value = filtered
-        elif kind == _SUB:
-            value = _add_bytes(filtered, left)
-        elif kind == _UP:
-            value = _add_bytes(filtered, up)
-        elif kind == _AVERAGE:
-            value = _add_bytes(filtered, _average_bytes(left, up))
-        else:
-            value = _add_bytes(filtered, _paeth_bytes(left, up, up_left))
-        ids[x] = value
-        left, up_left = value, up
     return True
 
 
