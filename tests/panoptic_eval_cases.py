@@ -216,7 +216,7 @@ def our_statistics(images: Sequence[PanopticImage], device: str = "cpu") -> PQSt
             NUM_CATEGORIES,
             f"image {image.image_id}",
         )
-        total = total + statistics.cpu()
+        total = total + statistics
     return total
 
 

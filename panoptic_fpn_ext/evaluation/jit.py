@@ -1,6 +1,6 @@
 """The numba options of every compiled kernel of the evaluation, in one place.
 
-The kernels run in the evaluator's threads: they must release the GIL while they run, so that
+The kernels run in the evaluator's threads: the long ones release the GIL while they run, so that
 the threads count pixels in parallel.
 
 Compiled code is cached on disk where numba finds a writable place: ``$NUMBA_CACHE_DIR`` if set,
@@ -10,7 +10,7 @@ in each process instead (a few seconds, once per process) and the reason is logg
 """
 
 import logging
-from typing import Callable, TypeVar
+from typing import Callable, Optional, TypeVar
 
 import numba
 
@@ -21,11 +21,18 @@ logger = logging.getLogger(__name__)
 Function = TypeVar("Function", bound=Callable)
 
 
-def jit(function: Function) -> Function:
-    """``function`` compiled by numba (nopython mode, at its first call), releasing the GIL while
-    it runs; the machine code is cached on disk where numba can write (see the module)."""
+def jit(function: Optional[Function] = None, *, release_gil: bool = True):
+    """``function`` compiled by numba (nopython mode, at its first call); the machine code is
+    cached on disk where numba can write (see the module).
+
+    Use as ``@jit``, or ``@jit(release_gil=False)`` for a kernel of a few microseconds: a call
+    that releases the GIL hands it to another thread that waits for it, and then waits for that
+    thread's Python to release it again, which costs more than such a kernel saves.
+    """
+    if function is None:
+        return lambda f: jit(f, release_gil=release_gil)
     try:
-        return numba.njit(nogil=True, cache=True)(function)
+        return numba.njit(nogil=release_gil, cache=True)(function)
     except RuntimeError as e:  # numba: "cannot cache function ...: no locator available ..."
         if "no locator available" not in str(e):
             raise
@@ -35,4 +42,4 @@ def jit(function: Function) -> Function:
             e,
             function.__qualname__,
         )
-        return numba.njit(nogil=True)(function)
+        return numba.njit(nogil=release_gil)(function)

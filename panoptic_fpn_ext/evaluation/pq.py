@@ -58,26 +58,26 @@ __all__ = [
 
 @dataclass
 class PQStatistics:
-    """Per-category PQ counts, summed over images.
+    """Per-category PQ counts, summed over images (numpy arrays, on the host).
 
     Attributes:
         tp, fp, fn: int64 (C,), numbers of true positives, false positives, false negatives.
         iou_sum: float64 (C,), sum of the IoUs of the true positives.
     """
 
-    tp: torch.Tensor
-    fp: torch.Tensor
-    fn: torch.Tensor
-    iou_sum: torch.Tensor
+    tp: np.ndarray
+    fp: np.ndarray
+    fn: np.ndarray
+    iou_sum: np.ndarray
 
     @classmethod
-    def zeros(cls, num_categories: int, device: torch.device = "cpu") -> "PQStatistics":
+    def zeros(cls, num_categories: int) -> "PQStatistics":
         """Statistics of no image."""
-        count = torch.zeros(num_categories, dtype=torch.int64, device=device)
-        return cls(count, count.clone(), count.clone(), count.to(torch.float64))
+        tp, fp, fn = np.zeros((3, num_categories), dtype=np.int64)
+        return cls(tp, fp, fn, np.zeros(num_categories))
 
     def __add__(self, other: "PQStatistics") -> "PQStatistics":
-        """Statistics of the images of both (same device)."""
+        """Statistics of the images of both."""
         return PQStatistics(
             self.tp + other.tp,
             self.fp + other.fp,
@@ -86,19 +86,13 @@ class PQStatistics:
         )
 
     def add_(self, other: "PQStatistics") -> "PQStatistics":
-        """Add the statistics of ``other`` to these, in place (CPU tensors; numpy adds, whose
-        per-call cost is a fraction of torch's); returns self."""
+        """Add the statistics of ``other`` to these, in place; returns self."""
         for total, value in zip(
             (self.tp, self.fp, self.fn, self.iou_sum),
             (other.tp, other.fp, other.fn, other.iou_sum),
         ):
-            array = total.numpy()
-            np.add(array, value.numpy(), out=array)
+            np.add(total, value, out=total)
         return self
-
-    def cpu(self) -> "PQStatistics":
-        """The same statistics on the CPU."""
-        return PQStatistics(self.tp.cpu(), self.fp.cpu(), self.fn.cpu(), self.iou_sum.cpu())
 
 
 @jit
@@ -118,7 +112,7 @@ def _ids_agree(counts):
     return agree
 
 
-@jit
+@jit(release_gil=False)
 def _add_image_counts(counts, gt_categories, gt_crowd, pred_categories, tp, fp, fn, iou_sum):
     """The rules above, on one image's joint histogram ``counts`` (int64 (Kg + 2, Kp + 2): row
     and column 0 void, then the segments); adds its TP, FP, FN and IoU sums to the (C,) arrays.
@@ -163,16 +157,18 @@ def _image_statistics(
     histogram: Union[torch.Tensor, np.ndarray], gt: Segments, pred: Segments, num_categories: int
 ) -> Tuple[PQStatistics, bool]:
     """:func:`image_statistics`, and whether the histogram passes :func:`check_segment_ids`."""
-    counts, iou_sum = np.zeros((3, num_categories), np.int64), np.zeros(num_categories)
+    statistics = PQStatistics.zeros(num_categories)
     agree = _add_image_counts(
         np.ascontiguousarray(host_array(histogram)),
         gt.categories.cpu().numpy(),
         gt.iscrowd.cpu().numpy(),
         pred.categories.cpu().numpy(),
-        *counts,
-        iou_sum,
+        statistics.tp,
+        statistics.fp,
+        statistics.fn,
+        statistics.iou_sum,
     )
-    return PQStatistics(*torch.from_numpy(counts), torch.from_numpy(iou_sum)), agree
+    return statistics, agree
 
 
 def image_statistics(
@@ -253,10 +249,8 @@ def pq_per_category(statistics: PQStatistics) -> Dict[str, np.ndarray]:
         "pq", "sq", "rq": float64 (C,) fractions in [0, 1], NaN for categories with no GT and
         no predicted segment; "counted": bool (C,), the categories that have some.
     """
-    tp, fp, fn = (
-        x.cpu().numpy().astype(np.float64) for x in (statistics.tp, statistics.fp, statistics.fn)
-    )
-    iou_sum = statistics.iou_sum.cpu().numpy()
+    tp, fp, fn = (x.astype(np.float64) for x in (statistics.tp, statistics.fp, statistics.fn))
+    iou_sum = statistics.iou_sum
     counted = tp + fp + fn > 0
     denominator = np.where(counted, tp + 0.5 * fp + 0.5 * fn, 1.0)
     sq = np.divide(iou_sum, tp, out=np.zeros_like(iou_sum), where=tp > 0)

@@ -71,7 +71,7 @@ def _segment_table(segments_info: Sequence[Mapping], describe: str, error: Type[
     return table.astype(np.int64, copy=False)
 
 
-@jit
+@jit(release_gil=False)
 def _contiguous_categories(table, num_things, num_stuff, categories):
     """Each segment's category index into ``categories`` (int64 (K,)): thing t is t, stuff s is
     T + s - 1. ``table`` is int64 (K, 4) of :func:`_segment_table`. Returns False when an id is
