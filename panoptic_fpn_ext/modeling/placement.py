@@ -18,6 +18,7 @@ The loops are compiled by numba (:mod:`panoptic_fpn_ext.evaluation.jit`) and rel
 """
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
@@ -57,11 +58,14 @@ class Placement(NamedTuple):
 
 
 _pools: Dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
 
 
 def _forget_pools() -> None:
     """After a fork the pools' threads are gone in the child: it makes its own."""
+    global _pools_lock
     _pools.clear()
+    _pools_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_pools)
@@ -69,9 +73,10 @@ os.register_at_fork(after_in_child=_forget_pools)
 
 def _pool(workers: int) -> ThreadPoolExecutor:
     """A process-wide pool of ``workers`` threads (one per distinct size)."""
-    if workers not in _pools:
-        _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="panoptic_combine")
-    return _pools[workers]
+    with _pools_lock:
+        if workers not in _pools:
+            _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="panoptic_combine")
+        return _pools[workers]
 
 
 def _word_view(masks: torch.Tensor) -> torch.Tensor:
