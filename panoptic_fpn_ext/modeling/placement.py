@@ -17,10 +17,11 @@ Then:
 The loops are compiled by numba (:mod:`panoptic_fpn_ext.evaluation.jit`) and release the GIL.
 """
 
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -32,7 +33,8 @@ __all__ = ["Placement", "combine_sequential", "locate_masks", "candidate_order"]
 
 # torch integer dtypes the compiled loops read semantic labels in; others are converted to int64
 _LABEL_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)
-# masks located per task: few, so that the threads share the work evenly
+# masks located per chunk: few, so that the threads share the work evenly and the placement
+# starts early
 _LOCATE_CHUNK = 4
 # labels counted in the first pass over the image; a larger label costs a second pass
 _LABEL_CAPACITY = 4096
@@ -143,13 +145,63 @@ def _locate(words, word_bytes, indices, boxes):
         boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3] = x0, first if end else 0, x1, end
 
 
+class _Locating:
+    """Masks located chunk by chunk (:data:`_LOCATE_CHUNK` masks each, see :func:`_locate`), in
+    order, by ``torch.get_num_threads() - 1`` worker threads and by the thread that waits for a
+    chunk, which locates the next unclaimed ones until its chunk is done."""
+
+    def __init__(self, masks: torch.Tensor, indices: np.ndarray):
+        """Start locating ``masks[indices]`` (CPU bool (N, H, W); int64 (K,))."""
+        words = _word_view(masks.contiguous())
+        self._words, self._word_bytes = words.numpy(), words.dtype.itemsize
+        self._indices = indices
+        self.boxes = np.zeros((len(indices), 4), dtype=np.int64)
+        self.chunks = [
+            slice(lo, lo + _LOCATE_CHUNK) for lo in range(0, len(indices), _LOCATE_CHUNK)
+        ]
+        self._done = [threading.Event() for _ in self.chunks]
+        self._unclaimed = itertools.count()  # next() is atomic: each chunk is claimed once
+        workers = min(torch.get_num_threads() - 1, len(self.chunks))
+        self._workers = [_pool(workers).submit(self._work) for _ in range(workers)]
+
+    def _locate_next(self) -> bool:
+        """Claim the first unclaimed chunk and locate it; False if none is left."""
+        k = next(self._unclaimed)
+        if k >= len(self.chunks):
+            return False
+        try:
+            part = self.chunks[k]
+            _locate(self._words, self._word_bytes, self._indices[part], self.boxes[part])
+        finally:
+            self._done[k].set()
+        return True
+
+    def _work(self) -> None:
+        while self._locate_next():
+            pass
+
+    def located(self, k: int) -> np.ndarray:
+        """int64 (chunk size, 4): the rectangles of chunk ``k``, once located."""
+        while not self._done[k].is_set():
+            if not self._locate_next():
+                self._done[k].wait()
+        return self.boxes[self.chunks[k]]
+
+    def finish(self) -> np.ndarray:
+        """Wait for every chunk (raising a worker's error); returns all rectangles (K, 4)."""
+        for k in range(len(self.chunks)):
+            self.located(k)
+        for worker in self._workers:
+            worker.result()
+        return self.boxes
+
+
 def locate_masks(masks: torch.Tensor, indices: List[int]) -> np.ndarray:
     """The tight bounding rectangle of each mask ``masks[i]``, ``i`` in ``indices``.
 
     Each mask is read once, as machine words (a word is nonzero where a pixel in it is set): its
     occupied rows are the rows with a nonzero word, and the OR of its rows says which columns are
-    occupied. The masks are located in chunks of a few by ``torch.get_num_threads() - 1`` worker
-    threads, first chunk first, and by this thread, last chunk first, until they meet.
+    occupied. Chunks of masks are shared among ``torch.get_num_threads()`` threads.
 
     Args:
         masks: CPU bool (N, H, W).
@@ -157,23 +209,7 @@ def locate_masks(masks: torch.Tensor, indices: List[int]) -> np.ndarray:
     Returns:
         int64 (K, 4) half-open rectangles (x0, y0, x1, y1); (0, 0, 0, 0) for an empty mask.
     """
-    words = _word_view(masks.contiguous())
-    word_bytes, words = words.dtype.itemsize, words.numpy()
-    chosen = np.asarray(indices, dtype=np.int64)
-    boxes = np.zeros((len(chosen), 4), dtype=np.int64)
-    chunks = [
-        (words, word_bytes, chosen[lo : lo + _LOCATE_CHUNK], boxes[lo : lo + _LOCATE_CHUNK])
-        for lo in range(0, len(chosen), _LOCATE_CHUNK)
-    ]
-    workers = torch.get_num_threads() - 1
-    futures = [_pool(workers).submit(_locate, *chunk) for chunk in chunks] if workers else []
-    for k in reversed(range(len(chunks))):
-        if not futures or futures[k].cancel():  # not started by a worker
-            _locate(*chunks[k])
-    for future in futures:
-        if not future.cancelled():
-            future.result()
-    return boxes
+    return _Locating(masks, np.asarray(indices, dtype=np.int64)).finish()
 
 
 def candidate_order(scores: torch.Tensor, score_threshold: float) -> List[int]:
@@ -221,8 +257,8 @@ def _claim(mask_row, owner_row, segment_id):
 
 
 @jit
-def _place_instances(masks, order, boxes, overlap_threshold, owner, keep):
-    """Let the candidates claim pixels in ``order``; kept ones become segments 1, 2, ...
+def _place_instances(masks, order, boxes, overlap_threshold, owner, keep, next_id):
+    """Let the candidates claim pixels in ``order``; kept ones become segments ``next_id``, ...
 
     Candidate ``k`` (``masks[order[k]]``, inside ``boxes[k]``) is kept when its mask is non-empty
     and at most ``overlap_threshold`` of it is already claimed (Detectron2's test, in float64 as
@@ -235,9 +271,8 @@ def _place_instances(masks, order, boxes, overlap_threshold, owner, keep):
         owner: integer (H, W), 0 where free; the segment ids are written in place.
         keep: bool (K,), set for the kept candidates.
     Returns:
-        the number of kept candidates.
+        the next segment id.
     """
-    next_id = 1
     for k in range(order.shape[0]):
         mask = masks[order[k]]
         x0, y0, x1, y1 = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
@@ -251,7 +286,7 @@ def _place_instances(masks, order, boxes, overlap_threshold, owner, keep):
             for y in range(y0, y1):
                 _claim(mask[y, x0:x1], owner[y, x0:x1], next_id)
             next_id += 1
-    return next_id - 1
+    return next_id
 
 
 @jit
@@ -302,26 +337,46 @@ def _write_stuff(panoptic, stuff_ids):
             codes[x] = stuff_ids[max(~current, 0)] if current < 0 else current
 
 
+def _row_bands(height: int) -> List[slice]:
+    """Rows ``0:height`` cut into bands, one per torch intra-op thread (at most one per row)."""
+    bands = max(1, min(torch.get_num_threads(), height))
+    cuts = np.linspace(0, height, bands + 1).astype(int)
+    return [slice(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:])]
+
+
+def _run_bands(kernel: Callable, calls: List[tuple]) -> list:
+    """``kernel(*args)`` for each ``args`` of ``calls``, the first in this thread, the others in
+    worker threads at the same time; their results, in order."""
+    futures = [_pool(len(calls) - 1).submit(kernel, *args) for args in calls[1:]]
+    return [kernel(*calls[0])] + [future.result() for future in futures]
+
+
 def _coded_pixels(
     semantic: torch.Tensor, owner: np.ndarray, panoptic: np.ndarray
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """:func:`_code_pixels` of the CPU integer (H, W) labels ``semantic``; returns int64 (L,)
-    free and total pixels of each label, L = largest label + 1. Labels outside
-    [0, 2**31 - 1) are refused."""
+    """:func:`_code_pixels` of the CPU integer (H, W) labels ``semantic``, in bands of rows
+    (:func:`_row_bands`); returns int64 (L,) free and total pixels of each label, L = largest
+    label + 1. Labels outside [0, 2**31 - 1) are refused."""
     if semantic.dtype not in _LABEL_DTYPES:
         semantic = semantic.long()
     labels = semantic.contiguous().numpy()
-    free, total = np.zeros((2, _LABEL_CAPACITY), dtype=np.int64)
-    low, high = _code_pixels(labels, owner, panoptic, free, total)
+    bands = _row_bands(len(labels))
+
+    def code(capacity: int) -> Tuple[int, int, np.ndarray]:
+        counts = np.zeros((len(bands), 2, capacity), dtype=np.int64)
+        calls = [(labels[b], owner[b], panoptic[b], *counts[k]) for k, b in enumerate(bands)]
+        lows, highs = zip(*_run_bands(_code_pixels, calls))
+        return min(lows), max(highs), counts.sum(axis=0)
+
+    low, high, counts = code(_LABEL_CAPACITY)
     if low < 0 or high >= 2**31 - 1:
         raise ValueError(
             f"combine_panoptic: semantic_results has labels from {low} to {high}; labels are "
             f"in [0, 2**31 - 1), 0 being 'other'"
         )
     if high >= _LABEL_CAPACITY:  # count again, with room for every label
-        free, total = np.zeros((2, high + 1), dtype=np.int64)
-        _code_pixels(labels, owner, panoptic, free, total)
-    return free[: high + 1], total[: high + 1]
+        _, _, counts = code(high + 1)
+    return counts[0, : high + 1], counts[1, : high + 1]
 
 
 def _stuff_labels(
@@ -363,19 +418,26 @@ def combine_sequential(
     height, width = semantic.shape
     order = candidate_order(scores, instances_score_threshold)
     ranked = np.asarray(order, dtype=np.int64)
-    if mask_boxes is None:
-        boxes = locate_masks(masks, order)
-    else:
-        boxes = _clip_boxes(mask_boxes, order, height, width)
     owner_dtype = np.int16 if len(order) <= _INT16_SEGMENTS else np.int32
     owner = np.zeros((height, width), dtype=owner_dtype)
     keep = np.zeros(len(order), dtype=np.bool_)
     masks_np = masks.contiguous().numpy().view(np.uint8)
-    num_things = _place_instances(masks_np, ranked, boxes, overlap_threshold, owner, keep)
+    if mask_boxes is None:  # each chunk is placed as soon as it is located, still in the cache
+        locating, next_id = _Locating(masks, ranked), 1
+        for k, part in enumerate(locating.chunks):
+            boxes = locating.located(k)
+            args = (ranked[part], boxes, overlap_threshold, owner, keep[part], next_id)
+            next_id = _place_instances(masks_np, *args)
+        locating.finish()
+    else:
+        boxes = _clip_boxes(mask_boxes, order, height, width)
+        next_id = _place_instances(masks_np, ranked, boxes, overlap_threshold, owner, keep, 1)
+    num_things = next_id - 1
     panoptic = torch.empty((height, width), dtype=torch.int32)
     free, total = _coded_pixels(semantic, owner, panoptic.numpy())
     stuff_labels, stuff_areas = _stuff_labels(free, total, stuff_area_limit)
     stuff_ids = np.zeros(len(free), dtype=np.int32)
     stuff_ids[stuff_labels] = np.arange(len(stuff_labels)) + num_things + 1
-    _write_stuff(panoptic.numpy(), stuff_ids)
+    codes = panoptic.numpy()
+    _run_bands(_write_stuff, [(codes[band], stuff_ids) for band in _row_bands(height)])
     return Placement(panoptic, order, keep.tolist(), stuff_labels, stuff_areas)
