@@ -80,6 +80,7 @@ class PanopticFPNExt(PanopticFPN):
         self.inference_dtype = autocast_dtype(inference_autocast)
         self.applied_memory_format = torch.contiguous_format  # what nn.Module gives
         self._apply_memory_format()
+        self.roi_heads.register_forward_pre_hook(_contiguous_features)
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict:
@@ -195,6 +196,15 @@ class PanopticFPNExt(PanopticFPN):
         regions = paste_regions(detector_r.pred_boxes.tensor, height, width)
         panoptic_r = self.combiner(detector_r, semantic_labels(sem_seg_r), mask_boxes=regions)
         return {"sem_seg": sem_seg_r, "instances": detector_r, "panoptic_seg": panoptic_r}
+
+
+def _contiguous_features(roi_heads: torch.nn.Module, args: Tuple) -> Tuple:
+    """Forward pre-hook of the RoI heads: the FPN features (``args[1]``, {name: (B, C, H, W)})
+    in contiguous layout. torchvision's ``roi_align`` reads a channels-last map by first copying
+    it whole; the box and the mask pooler would each copy every level."""
+    images, features, *rest = args
+    features = {name: x.contiguous() for name, x in features.items()}
+    return (images, features, *rest)
 
 
 def _float32_fields(instances: Instances) -> Instances:
