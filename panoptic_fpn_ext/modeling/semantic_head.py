@@ -28,6 +28,12 @@ class PanopticFPNExtSemSegHead(SemSegFPNHead):
     (not NaN, as a plain mean would give) for a batch without labelled pixels.
     """
 
+    def layers(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, C, H / common_stride, W / common_stride) logits, contiguous (NCHW) whatever the
+        model's memory layout: on CPU, bilinear upsampling of a channels-last map, here and in
+        the output resize, took several times as long as of an NCHW one."""
+        return super().layers(features).contiguous()
+
     def losses(self, predictions: torch.Tensor, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
         """
         Args:
