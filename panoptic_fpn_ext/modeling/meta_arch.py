@@ -198,10 +198,14 @@ class PanopticFPNExt(PanopticFPN):
         return {"sem_seg": sem_seg_r, "instances": detector_r, "panoptic_seg": panoptic_r}
 
 
-def _contiguous_features(roi_heads: torch.nn.Module, args: Tuple) -> Tuple:
-    """Forward pre-hook of the RoI heads: the FPN features (``args[1]``, {name: (B, C, H, W)})
-    in contiguous layout. torchvision's ``roi_align`` reads a channels-last map by first copying
-    it whole; the box and the mask pooler would each copy every level."""
+def _contiguous_features(roi_heads: torch.nn.Module, args: Tuple) -> Optional[Tuple]:
+    """Forward pre-hook of the RoI heads at inference: the FPN features (``args[1]``, {name:
+    (B, C, H, W)}) in contiguous layout. torchvision's ``roi_align`` reads a channels-last map by
+    first copying it whole; the box and the mask pooler would each copy every level. In training
+    the features are left as they are: copies made here would all be alive at once, raising the
+    peak memory, where ``roi_align``'s own copies are made and freed one level at a time."""
+    if roi_heads.training:
+        return None
     images, features, *rest = args
     features = {name: x.contiguous() for name, x in features.items()}
     return (images, features, *rest)
