@@ -1,7 +1,8 @@
-"""The numba options of every compiled kernel of the evaluation, in one place.
+"""The numba options of every compiled kernel of the plugin (the evaluation's and the combiner's),
+in one place.
 
-The kernels run in the evaluator's threads: the long ones release the GIL while they run, so that
-the threads count pixels in parallel.
+The kernels run in the evaluator's and the combiner's threads: the long ones release the GIL while
+they run, so that the threads work in parallel.
 
 Compiled code is cached on disk where numba finds a writable place: ``$NUMBA_CACHE_DIR`` if set,
 else the package's ``__pycache__``, else the user's cache folder (``~/.cache/numba``). Where none

@@ -17,7 +17,7 @@ __all__ = [
 ]
 
 # "auto" picks per device the layout measured faster there (BENCHMARKS.md): channels-last on CPU
-# (R50-FPN inference 0.88x vs 0.91x of Detectron2's time; training at parity either way, so the
+# (R50-FPN inference 0.86x vs 0.96x of Detectron2's time; training at parity either way, so the
 # layout does not change with train/eval mode), contiguous (Detectron2's NCHW) on CUDA, where
 # channels-last cost 1.12x inference time and 1.04x training memory on an H200.
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")

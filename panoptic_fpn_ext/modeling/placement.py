@@ -3,15 +3,16 @@
 Each considered instance is handled inside a rectangle that contains its mask, so the work per
 instance is proportional to the rectangle, not to the image. The rectangles come from the caller
 (``mask_boxes``) or from :func:`locate_masks`, which reads every considered mask once, as machine
-words, in ``torch.get_num_threads()`` threads (the intra-op thread count that Detectron2's own
-postprocessing runs with).
-
-Then:
+words. Work that splits is shared among ``torch.get_num_threads()`` threads (the intra-op thread
+count that Detectron2's own postprocessing runs with):
 
 1. the candidates, in rank order, write their segment id into the free pixels of an owner map
-   (int16, or int32 beyond 32767 candidates), inside their rectangles;
-2. one pass over the image writes each pixel's owner, or the code ``~label`` (< 0) of its semantic
-   label if it has none, into the panoptic map, and counts each label's free pixels;
+   (int16, or int32 beyond 32767 candidates), inside their rectangles; without rectangles, the
+   masks are located in chunks by all the threads, and each chunk is placed as soon as it is
+   located, while its masks are still in the cache;
+2. one pass over the image, in bands of rows, writes each pixel's owner, or the code ``~label``
+   (< 0) of its semantic label if it has none, into the panoptic map, and counts each label's free
+   pixels;
 3. one more replaces each code by its label's stuff segment id, or 0.
 
 The loops are compiled by numba (:mod:`panoptic_fpn_ext.evaluation.jit`) and release the GIL.
