@@ -24,7 +24,7 @@ from .id_index import (
     rgba_ids,
     segment_index_map,
 )
-from .id_table import build_id_table
+from .id_table import lookup_table
 from .jit import jit
 from .png import FilteredPng, joint_counts
 from .runs import boundary_buffer, count_row
@@ -39,8 +39,7 @@ MAX_BINS = 1 << 22
 def _count_id_pairs(gt_values, gt_mask, pred_map, gt_ids, pred_ids, counts):
     """See :func:`cpu_joint_histogram`: ``gt_values`` and ``pred_map`` are (H, W), a GT id is
     ``gt_values & gt_mask``; ``counts`` is int64 ((Kg + 2) * (Kp + 2),)."""
-    gt_table = (*build_id_table(gt_ids), len(gt_ids) + 1)
-    pred_table = (*build_id_table(pred_ids), len(pred_ids) + 1)
+    gt_table, pred_table = lookup_table(gt_ids), lookup_table(pred_ids)
     boundaries = boundary_buffer(gt_values.shape[1])
     for y in range(gt_values.shape[0]):
         count_row(gt_values[y], pred_map[y], gt_mask, gt_table, pred_table, counts, boundaries)

@@ -11,7 +11,7 @@ import numpy as np
 
 from .jit import jit
 
-__all__ = ["build_id_table", "find_index"]
+__all__ = ["build_id_table", "find_index", "lookup_table"]
 
 # 2^64 / golden ratio: Fibonacci hashing spreads consecutive and random ids alike.
 _GOLDEN = np.uint64(11400714819323198485)
@@ -52,3 +52,10 @@ def find_index(keys, indices, shift, segment_id, missing):
             return indices[slot]
         slot = (slot + np.uint64(1)) & np.uint64(len(keys) - 1)
     return missing
+
+
+@jit
+def lookup_table(segment_ids):
+    """:func:`build_id_table` of ``segment_ids`` and the index of ids not listed, as one tuple
+    (keys, indices, shift, missing), the form :func:`.runs.count_row` takes."""
+    return (*build_id_table(segment_ids), len(segment_ids) + 1)

@@ -21,7 +21,7 @@ from typing import Dict, Iterator, NamedTuple, Optional, Tuple
 import numpy as np
 
 from ..data.panoptic_io import PanopticDataError
-from .id_table import build_id_table
+from .id_table import lookup_table
 from .jit import jit
 from .runs import boundary_buffer, count_row
 
@@ -229,8 +229,7 @@ def _unfilter_ids(data, start, channels, ids, previous) -> bool:
 def _unfilter_and_count(data, height, width, channels, gt_ids, pred_map, pred_ids, counts):
     """See :func:`joint_counts`; returns -1, or the first row with an unknown filter type.
     Indices are uint64 (see :func:`_unfilter_ids`)."""
-    gt_table = (*build_id_table(gt_ids), len(gt_ids) + 1)
-    pred_table = (*build_id_table(pred_ids), len(pred_ids) + 1)
+    gt_table, pred_table = lookup_table(gt_ids), lookup_table(pred_ids)
     boundaries = boundary_buffer(width)
     width, channels = np.uint64(width), np.uint64(channels)
     ids, previous = np.zeros(width, dtype=np.int32), np.zeros(width, dtype=np.int32)

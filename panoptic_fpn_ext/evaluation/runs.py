@@ -34,8 +34,7 @@ def count_row(gt_row, pred_row, gt_mask, gt_table, pred_table, counts, boundarie
 
     Args:
         gt_row, pred_row: integer (W,) ids; a GT id is ``gt_row[x] & gt_mask``.
-        gt_table, pred_table: (keys, indices, shift, missing) of :func:`.id_table.build_id_table`
-            and the index of ids not listed.
+        gt_table, pred_table: :func:`.id_table.lookup_table` of each side's ids.
         counts: int64 ((Kg + 2) * (Kp + 2),), entry ``g * (Kp + 2) + p`` for indices g, p.
         boundaries: from :func:`boundary_buffer` for W or more pixels.
     """
