@@ -175,20 +175,23 @@ class _CategoryMap:
         )
 
 
+def _segment_error(where: str, segment_id: Any, problem: str) -> PanopticDataError:
+    """The error for a bad segment, named by ``where`` (file and image) and its id."""
+    return PanopticDataError(f"{where} segment {segment_id!r}: {problem}")
+
+
 def _convert_segments(segments: Iterable[Mapping], categories: _CategoryMap, where: str) -> List:
     """Segments with contiguous category ids and "isthing"; keeps "area" and "bbox"."""
     converted, seen = [], set()
     for segment in segments:
         segment_id = segment.get("id")
         if not isinstance(segment_id, int) or segment_id <= VOID_ID or segment_id >= 256**3:
-            problem = "expected an id in [1, 256³) (0 is void)"
-            raise PanopticDataError(f"{where} segment {segment_id!r}: {problem}")
+            raise _segment_error(where, segment_id, "expected an id in [1, 256³) (0 is void)")
         if segment_id in seen:
-            raise PanopticDataError(f"{where} segment {segment_id!r}: the id appears twice")
+            raise _segment_error(where, segment_id, "the id appears twice")
         iscrowd = segment.get("iscrowd", 0)
         if iscrowd not in (0, 1):
-            problem = f"iscrowd is {iscrowd!r}; expected 0/1"
-            raise PanopticDataError(f"{where} segment {segment_id!r}: {problem}")
+            raise _segment_error(where, segment_id, f"iscrowd is {iscrowd!r}; expected 0/1")
         seen.add(segment_id)
         category = categories.convert(segment.get("category_id"), where, segment_id)
         out = {"id": segment_id, "iscrowd": int(iscrowd), **category}
