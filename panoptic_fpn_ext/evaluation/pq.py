@@ -153,12 +153,24 @@ def _add_image_counts(counts, gt_categories, gt_crowd, pred_categories, tp, fp, 
     return True
 
 
-def _image_statistics(
+def image_statistics(
     histogram: Union[torch.Tensor, np.ndarray], gt: Segments, pred: Segments, num_categories: int
 ) -> Tuple[PQStatistics, bool]:
-    """:func:`image_statistics`, and whether the histogram passes :func:`check_segment_ids`."""
+    """PQ statistics of one image from its joint histogram (compiled code:
+    :func:`_add_image_counts`), and whether the histogram agrees with the segments.
+
+    Args:
+        histogram: int64 (Kg + 2, Kp + 2), the joint histogram (see :mod:`.counting`); a tensor
+            on any device, or its values as a numpy array.
+        gt, pred: the segments behind the histogram's rows and columns (any device).
+        num_categories: C.
+    Returns:
+        this image's statistics, on the CPU; and False when the histogram fails
+        :func:`check_segment_ids` (a pixel of an unlisted id, or a listed segment without
+        pixels), the statistics then being meaningless.
+    """
     statistics = PQStatistics.zeros(num_categories)
-    agree = _add_image_counts(
+    ids_agree = _add_image_counts(
         np.ascontiguousarray(host_array(histogram)),
         gt.categories.cpu().numpy(),
         gt.iscrowd.cpu().numpy(),
@@ -168,25 +180,7 @@ def _image_statistics(
         statistics.fn,
         statistics.iou_sum,
     )
-    return statistics, agree
-
-
-def image_statistics(
-    histogram: Union[torch.Tensor, np.ndarray], gt: Segments, pred: Segments, num_categories: int
-) -> PQStatistics:
-    """PQ statistics of one image from its joint histogram (compiled code that releases the GIL:
-    :func:`_add_image_counts`).
-
-    Args:
-        histogram: int64 (Kg + 2, Kp + 2), the joint histogram (see :mod:`.counting`), checked by
-            :func:`check_segment_ids` (every listed segment has pixels, no unknown ids); a tensor
-            on any device, or its values as a numpy array.
-        gt, pred: the segments behind the histogram's rows and columns (any device).
-        num_categories: C.
-    Returns:
-        this image's statistics, on the CPU.
-    """
-    return _image_statistics(histogram, gt, pred, num_categories)[0]
+    return statistics, ids_agree
 
 
 def _integer_id_map(id_map: torch.Tensor, describe: str) -> torch.Tensor:
@@ -236,7 +230,7 @@ def image_pq_statistics(
         )
     pred_id_map = _integer_id_map(pred_id_map, describe)
     histogram = image_joint_histogram(gt_id_map, gt.ids, pred_id_map, pred.ids)
-    statistics, ids_agree = _image_statistics(histogram, gt, pred, num_categories)
+    statistics, ids_agree = image_statistics(histogram, gt, pred, num_categories)
     if not ids_agree:
         check_segment_ids(histogram, gt_id_map, gt.ids, pred_id_map, pred.ids, describe)
     return statistics
