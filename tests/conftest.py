@@ -1,12 +1,20 @@
-"""Test-suite options: ``--run-slow`` enables slow tests; ``gpu`` tests need CUDA."""
+"""Test-suite options: ``--run-slow`` enables slow tests; ``gpu`` tests need CUDA;
+``--float-report`` prints the float64-referenced measurements of ``numerics`` tests."""
 
 import pytest
 import torch
+
+import float_reference
 from installed import installed_plugin  # noqa: F401  (a session fixture for every test module)
 
 
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
+    parser.addoption(
+        "--float-report",
+        action="store_true",
+        help="print each float64-referenced check (tests/float_reference.py) at the end",
+    )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -17,3 +25,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_slow)
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
+
+
+def pytest_runtest_setup(item):
+    float_reference.set_current_test(item.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if config.getoption("--float-report") and float_reference.MEASUREMENTS:
+        terminalreporter.section("float64-referenced checks (tests/float_reference.py)")
+        for line in float_reference.report_lines():
+            terminalreporter.write_line(line)

@@ -8,6 +8,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_sem_seg_head
 from torch import nn
 
+from float_reference import assert_within_reference, summation_bound, to_float64
 from panoptic_fpn_ext import add_panoptic_fpn_ext_config
 
 STRIDES = {"p2": 4, "p3": 8, "p4": 16, "p5": 32}
@@ -75,18 +76,30 @@ def test_inference_output_shape_and_equality_with_detectron2():
     assert torch.equal(out, expected)
 
 
+def assert_loss_close(quantity, loss, expected, exact, labels):
+    """``loss`` and ``expected`` (float32) are one mean over the labelled pixels of ``labels``
+    computed in two ways: ``loss``'s error against ``exact`` (float64) is within FACTOR x
+    ``expected``'s or the rounding bound of that mean (tests/float_reference.py)."""
+    floor = summation_bound(int((labels != IGNORE).sum()), abs(exact.item()))
+    assert_within_reference(quantity, loss, expected, exact, floor=floor)
+
+
+@pytest.mark.numerics
 def test_loss_equals_detectron2_and_every_parameter_gets_a_gradient():
     ours, theirs = build_heads()
     ours.train(), theirs.train()
     out, losses = ours(features(), targets())
     _, expected = theirs(features(), targets())
     assert out is None and set(losses) == {"loss_sem_seg"}
-    torch.testing.assert_close(losses["loss_sem_seg"], expected["loss_sem_seg"])
+    _, exact = to_float64(theirs)(to_float64(features()), targets())
+    loss = "loss_sem_seg"
+    assert_loss_close(loss, losses[loss], expected[loss], exact[loss], targets())
     losses["loss_sem_seg"].backward()
     for name, parameter in ours.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
+@pytest.mark.numerics
 def test_loss_averages_over_labelled_pixels_only():
     head, _ = build_heads()
     head.train()
@@ -95,13 +108,23 @@ def test_loss_averages_over_labelled_pixels_only():
     partly = labels.clone()
     partly[:, :, : labels.shape[2] // 2] = IGNORE
     _, half = head(features(), partly)
-    logits = nn.functional.interpolate(
-        head.layers(features()), scale_factor=4, mode="bilinear", align_corners=False
-    )
-    per_pixel = nn.functional.cross_entropy(logits, labels, reduction="none")
     kept = partly != IGNORE
-    torch.testing.assert_close(half["loss_sem_seg"], per_pixel[kept].mean() * 0.5)
-    torch.testing.assert_close(full["loss_sem_seg"], per_pixel.mean() * 0.5)
+    expected, exact = (
+        per_pixel_loss(model, feature_maps, labels)
+        for model, feature_maps in ((head, features()), (to_float64(head), to_float64(features())))
+    )
+    half_loss, half_exact = expected[kept].mean() * 0.5, exact[kept].mean() * 0.5
+    assert_loss_close("half", half["loss_sem_seg"], half_loss, half_exact, partly)
+    full_loss, full_exact = expected.mean() * 0.5, exact.mean() * 0.5
+    assert_loss_close("full", full["loss_sem_seg"], full_loss, full_exact, labels)
+
+
+def per_pixel_loss(head, feature_maps, labels):
+    """The cross entropy of each pixel of ``head``'s logits upsampled to the labels' size."""
+    logits = nn.functional.interpolate(
+        head.layers(feature_maps), scale_factor=4, mode="bilinear", align_corners=False
+    )
+    return nn.functional.cross_entropy(logits, labels, reduction="none")
 
 
 def test_no_labelled_pixels_gives_zero_loss_not_nan():
@@ -114,6 +137,7 @@ def test_no_labelled_pixels_gives_zero_loss_not_nan():
     assert all(torch.isfinite(p.grad).all() for p in head.parameters() if p.grad is not None)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_loss_is_fp32_under_autocast(dtype):
     head, _ = build_heads()
@@ -121,9 +145,12 @@ def test_loss_is_fp32_under_autocast(dtype):
     labels = targets()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = head.losses(logits, labels)["loss_sem_seg"]
-    upsampled = nn.functional.interpolate(
-        logits.float(), scale_factor=4, mode="bilinear", align_corners=False
-    )
-    expected = nn.functional.cross_entropy(upsampled, labels, ignore_index=IGNORE) * 0.5
+    expected, exact = (mean_loss(logits.to(t), labels) for t in (torch.float32, torch.float64))
     assert loss.dtype == torch.float32
-    torch.testing.assert_close(loss, expected)
+    assert_loss_close("loss_sem_seg", loss, expected, exact, labels)
+
+
+def mean_loss(logits, labels):
+    """The head's loss, written out: upsampled logits' cross entropy x the loss weight 0.5."""
+    upsampled = nn.functional.interpolate(logits, scale_factor=4, mode="bilinear")
+    return nn.functional.cross_entropy(upsampled, labels, ignore_index=IGNORE) * 0.5

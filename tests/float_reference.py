@@ -1,0 +1,382 @@
+"""Float64 references for tests that compare float computations which round differently.
+
+Two float32 computations of one function (channels-last and contiguous convolutions, an
+exported program and the eager model, another summation order) differ by rounding, and by how
+much depends on the kernels the CPU runs (oneDNN's and ATen's instruction set, the number of
+threads). A bound tuned to the difference seen on one machine fails on another. Instead:
+
+1. compute the same function in float64: the same weights and inputs, cast (``to_float64``);
+   the float64 result stands for the exact one (its own rounding is ~1e-16 relative);
+2. measure each float32 result's error against it: the largest absolute difference;
+3. require the variant's error to be at most ``FACTOR`` times the error of the computation it
+   claims to reproduce (the reference layout's own float32 error), or at most a floor below
+   which errors are not told apart: ``floor_ulps`` units of float32 rounding of the result's
+   scale, or an explicit floor derived from the computation's size and depth (scalars: one
+   sample of an error says little about its spread, see ``assert_within_reference``).
+
+Two float32 computations with different summation orders have errors of the same size (both are
+sums of the same roundings, in another order), so their ratio stays near 1 on any machine; a real
+defect (a wrong weight, layout or index) gives an error many orders of magnitude above float32
+rounding. ``FACTOR`` leaves room for kernels whose blocking accumulates a little more rounding.
+
+Discrete steps are not continuous: top-k, NMS, IoU matching against thresholds and random
+sampling can choose differently on a rounding difference, in float64 as in another float32
+kernel, and then the two runs no longer compute the same function. ``DecisionReplay`` records
+such decisions (the return values of the model's methods that make them) in the reference run
+and returns them, cast to the run's dtype, in the other runs, so that everything compared is
+one continuous computation. Decisions that cannot depend on rounding (anchor labels: anchors and
+ground truth only) are recomputed and asserted equal instead (``verify``).
+
+Every check is recorded; ``pytest --float-report`` prints them at the end (quantity, scale, the
+reference's and the variant's float64 error, their ratio and the bound), e.g.
+``pytest -m numerics --float-report``.
+"""
+
+import contextlib
+import copy
+import dataclasses
+import functools
+import operator
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from detectron2.structures import Boxes, Instances
+from torch.overrides import TorchFunctionMode
+
+# The variant's error may be this many times the reference computation's own error.
+FACTOR = 4.0
+# Errors below this many float32 roundings of the result's largest magnitude count as equal.
+FLOOR_ULPS = 8
+
+EPS = {dtype: torch.finfo(dtype).eps for dtype in (torch.float32, torch.bfloat16, torch.float16)}
+
+
+@dataclasses.dataclass
+class Measurement:
+    """One check: errors against float64 of the reference and the variant computation."""
+
+    test: str
+    quantity: str
+    scale: float  # largest magnitude of the float64 result
+    reference_error: float  # largest |reference - float64|
+    variant_error: float  # largest |variant - float64|
+    bound: float
+
+    @property
+    def ratio(self) -> float:
+        return self.variant_error / self.reference_error if self.reference_error else float("inf")
+
+
+MEASUREMENTS: List[Measurement] = []
+_current_test = ["(outside a test)"]
+
+
+def set_current_test(name: str) -> None:
+    """Name the test whose measurements follow (conftest calls it before each test)."""
+    _current_test[0] = name
+
+
+def to_float64(value: Any) -> Any:
+    """``value`` with every floating-point tensor cast to float64: tensors, ``Boxes``,
+    ``Instances``, modules (a deep copy), and lists, tuples and dicts of these."""
+    if isinstance(value, torch.nn.Module):
+        return copy.deepcopy(value).double()
+    return cast_floats(value, torch.float64)
+
+
+def cast_floats(value: Any, dtype: torch.dtype) -> Any:
+    """``value`` with every floating-point tensor cast to ``dtype`` (see ``to_float64``); other
+    values (integer and bool tensors, ``BitMasks``, numbers) are returned as they are."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, Boxes):
+        return Boxes(cast_floats(value.tensor, dtype))
+    if isinstance(value, Instances):
+        fields = {k: cast_floats(v, dtype) for k, v in value.get_fields().items()}
+        return Instances(value.image_size, **fields)
+    if isinstance(value, (list, tuple)):
+        return type(value)(cast_floats(v, dtype) for v in value)
+    if isinstance(value, dict):
+        return {k: cast_floats(v, dtype) for k, v in value.items()}
+    return value
+
+
+def largest_error(value: torch.Tensor, exact: torch.Tensor) -> float:
+    """max |value - exact|, computed in float64 (0.0 for empty tensors)."""
+    assert value.shape == exact.shape, (value.shape, exact.shape)
+    if value.numel() == 0:
+        return 0.0
+    return float((value.detach().double() - exact.detach().double()).abs().max())
+
+
+def assert_within_reference(
+    quantity: str,
+    variant: torch.Tensor,
+    reference: torch.Tensor,
+    exact: torch.Tensor,
+    factor: float = FACTOR,
+    floor: Optional[float] = None,
+    floor_ulps: float = FLOOR_ULPS,
+) -> Measurement:
+    """Assert ``|variant - exact| <= max(factor * |reference - exact|, floor)`` (largest absolute
+    differences), where ``exact`` is the float64 computation and ``reference`` the float32
+    computation that ``variant`` claims to reproduce.
+
+    ``floor`` defaults to ``floor_ulps`` float32 roundings of ``exact``'s largest magnitude. For
+    a scalar (a loss), a single error sample may by chance be far below its typical size, so pass
+    a floor derived from the computation (e.g. ``summation_bound``) and say how in the test.
+    Returns the measurement (also recorded for ``--float-report``).
+    """
+    scale = float(exact.detach().double().abs().max()) if exact.numel() else 0.0
+    if floor is None:
+        floor = floor_ulps * EPS[torch.float32] * scale
+    reference_error = largest_error(reference, exact)
+    variant_error = largest_error(variant, exact)
+    bound = max(factor * reference_error, floor)
+    measurement = Measurement(
+        _current_test[0], quantity, scale, reference_error, variant_error, bound
+    )
+    MEASUREMENTS.append(measurement)
+    assert variant_error <= bound, (
+        f"{quantity}: error against float64 {variant_error:.3g}, more than "
+        f"max({factor:g} x the reference computation's {reference_error:.3g}, floor "
+        f"{floor:.3g}) (scale {scale:.3g})"
+    )
+    return measurement
+
+
+def summation_bound(terms: int, magnitude: float, dtype: torch.dtype = torch.float32) -> float:
+    """A bound on the rounding error of a sum of ``terms`` values of total absolute size
+    ``magnitude`` computed in ``dtype`` in any order: ``(terms - 1) * eps * magnitude``, twice
+    the first-order worst case of recursive summation ((n - 1) u sum|x|, u = eps / 2: Higham,
+    Accuracy and Stability of Numerical Algorithms, 2nd ed., section 4.2; blocked and pairwise
+    orders have smaller ones); the factor 2 covers the few roundings outside the sum (a mean's
+    division). For a mean of non-negative terms, ``magnitude`` is the mean itself."""
+    return max(terms - 1, 1) * EPS[dtype] * magnitude
+
+
+def record_measurement(quantity: str, scale: float, reference: float, variant: float, bound: float):
+    """Record a check made by the caller's own assertion (e.g. a bound derived from depth),
+    for ``--float-report``."""
+    MEASUREMENTS.append(
+        Measurement(_current_test[0], quantity, scale, reference, variant, bound)
+    )
+
+
+def report_lines() -> List[str]:
+    """The recorded measurements as a table, grouped by test (``--float-report``)."""
+    lines, test = [], None
+    for m in MEASUREMENTS:
+        if m.test != test:
+            test = m.test
+            lines.append(test)
+            lines.append(
+                f"  {'quantity':<60} {'scale':>9} {'ref err':>9} {'var err':>9} {'ratio':>6} "
+                f"{'bound':>9}"
+            )
+        lines.append(
+            f"  {m.quantity[-60:]:<60} {m.scale:9.3g} {m.reference_error:9.3g} "
+            f"{m.variant_error:9.3g} {m.ratio:6.2f} {m.bound:9.3g}"
+        )
+    return lines
+
+
+def _resolve(model: torch.nn.Module, path: str):
+    """(owner, method name) of a dotted path such as "roi_heads.label_and_sample_proposals"."""
+    owner_path, _, name = path.rpartition(".")
+    owner = functools.reduce(getattr, owner_path.split("."), model) if owner_path else model
+    return owner, name
+
+
+def assert_same(a: Any, b: Any, where: str) -> None:
+    """Assert two decisions (tensors, Boxes, Instances, sequences of them) are identical."""
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, Boxes):
+        assert_same(a.tensor, b.tensor, where)
+    elif isinstance(a, Instances):
+        assert a.image_size == b.image_size and a.get_fields().keys() == b.get_fields().keys()
+        for key in a.get_fields():
+            assert_same(a.get(key), b.get(key), f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif hasattr(a, "tensor"):  # BitMasks, PolygonMasks are compared by their tensor
+        assert_same(a.tensor, b.tensor, where)
+    else:
+        assert a == b, where
+
+
+# The methods of a Detectron2 R-CNN (GeneralizedRCNN, PanopticFPN) that make its discrete
+# decisions. In training: the RPN's anchor labels and sampled anchors (IoU matching, random
+# sampling), its proposals (top-k, NMS; replayed also because torchvision's NMS takes no float64
+# scores) and the RoI heads' sampled proposals (IoU matching, random sampling). At inference:
+# the RPN's proposals and the box head's detections (score threshold, NMS, top-k).
+TRAINING_DECISIONS = (
+    "proposal_generator.label_and_sample_anchors",
+    "proposal_generator.predict_proposals",
+    "roi_heads.label_and_sample_proposals",
+)
+INFERENCE_DECISIONS = ("proposal_generator.predict_proposals", "roi_heads.box_predictor.inference")
+
+
+class DecisionReplay:
+    """The discrete decisions of one run, replayed in other runs of the same model.
+
+    ``with replay.record(model): model(inputs)`` stores what each method of ``methods`` returned,
+    call by call; ``with replay.replay(other, torch.float64): other(inputs)`` makes those methods
+    of ``other`` return the stored values, floats cast to the given dtype, in the same order.
+    Methods listed in ``verify`` still run in the replay, and their result must equal the stored
+    one (for decisions that do not depend on rounding).
+
+    With ``activations``, the decisions inside the network are replayed too (``Activations``):
+    which inputs of each ReLU pass and which element each max-pooling window takes. Their values
+    are continuous, but their gradients jump where a rounding moves an input across zero or
+    changes a window's largest element; with them replayed, gradients are continuous as well.
+    """
+
+    def __init__(self, methods: Sequence[str], activations: bool = False):
+        self.methods = tuple(methods)
+        self.calls: Dict[str, List[Any]] = {}
+        self.activations = Activations() if activations else None
+
+    @contextlib.contextmanager
+    def record(self, model: torch.nn.Module) -> Iterator[None]:
+        self.calls = {path: [] for path in self.methods}
+
+        def recorder(path, original):
+            def method(*args, **kwargs):
+                result = original(*args, **kwargs)
+                self.calls[path].append(result)
+                return result
+
+            return method
+
+        with self._patched(model, recorder), self._network("record"):
+            yield
+
+    @contextlib.contextmanager
+    def replay(
+        self, model: torch.nn.Module, dtype: torch.dtype, verify: Iterable[str] = ()
+    ) -> Iterator[None]:
+        verify = set(verify)
+        assert verify <= set(self.methods), verify
+        remaining = {path: list(calls) for path, calls in self.calls.items()}
+
+        def replayer(path, original):
+            def method(*args, **kwargs):
+                assert remaining[path], f"{path}: called more often than in the recorded run"
+                recorded = remaining[path].pop(0)
+                if path in verify:
+                    assert_same(original(*args, **kwargs), recorded, path)
+                return cast_floats(recorded, dtype)
+
+            return method
+
+        with self._patched(model, replayer), self._network("replay"):
+            yield
+        left = {path: len(calls) for path, calls in remaining.items() if calls}
+        assert not left, f"recorded decisions not used: {left}"
+
+    def _network(self, mode: str) -> contextlib.AbstractContextManager:
+        if self.activations is None:
+            return contextlib.nullcontext()
+        return self.activations.start(mode)
+
+    @contextlib.contextmanager
+    def _patched(self, model: torch.nn.Module, wrap) -> Iterator[None]:
+        owners = [_resolve(model, path) for path in self.methods]
+        for path, (owner, name) in zip(self.methods, owners):
+            setattr(owner, name, wrap(path, getattr(owner, name)))
+        try:
+            yield
+        finally:
+            for owner, name in owners:
+                delattr(owner, name)  # the instance attribute: the class's method again
+
+
+_RELU = (F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_)
+_IN_PLACE_RELU = (torch.relu_, torch.Tensor.relu_)
+
+
+class Activations(TorchFunctionMode):
+    """Records (mode "record") or replays (mode "replay") the decisions of ReLUs (which inputs
+    pass: a bool mask) and 2-D max pooling (the index of each window's largest element), call by
+    call in the order the network makes them. Replayed, a ReLU keeps the recorded inputs
+    (``masked_fill`` of the others: the output may be a rounding below zero where the recorded
+    run's input was above) and a max pooling takes the recorded elements; the gradient then
+    flows exactly where it flowed in the recorded run."""
+
+    def __init__(self):
+        super().__init__()
+        self.decisions: List[torch.Tensor] = []
+        self.mode = "record"
+        self._next = 0
+
+    @contextlib.contextmanager
+    def start(self, mode: str) -> Iterator[None]:
+        self.mode, self._next = mode, 0
+        if mode == "record":
+            self.decisions = []
+        with self:
+            yield
+        if mode == "replay":
+            assert self._next == len(self.decisions), "fewer activations than recorded"
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _RELU:
+            in_place = func in _IN_PLACE_RELU or kwargs.get("inplace") or args[1:2] == (True,)
+            return self._relu(args[0], bool(in_place), func, args, kwargs)
+        if func is F.max_pool2d:
+            return self._max_pool2d(args, kwargs)
+        return func(*args, **kwargs)
+
+    def _take(self, like: torch.Tensor) -> torch.Tensor:
+        assert self._next < len(self.decisions), "more activations than recorded"
+        decision = self.decisions[self._next]
+        self._next += 1
+        assert decision.shape == like.shape, (decision.shape, like.shape)
+        return decision
+
+    def _relu(self, x, in_place, func, args, kwargs):
+        if self.mode == "record":
+            out = func(*args, **kwargs)
+            self.decisions.append(out > 0)
+            return out
+        dropped = ~self._take(x)
+        return x.masked_fill_(dropped, 0) if in_place else x.masked_fill(dropped, 0)
+
+    def _max_pool2d(self, args, kwargs):
+        x = args[0]
+        kwargs = dict(kwargs, return_indices=True)
+        if self.mode == "record":
+            out, indices = F.max_pool2d(*args, **kwargs)
+            self.decisions.append(indices)
+            return out
+        shape = F.max_pool2d(x.detach(), *args[1:], **kwargs)[1].shape
+        indices = self._take(torch.empty(shape))
+        out = x.flatten(2).gather(2, indices.flatten(2)).view(indices.shape)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            out = out.contiguous(memory_format=torch.channels_last)  # keep the layout
+        return out
+
+
+@contextlib.contextmanager
+def module_outputs(model: torch.nn.Module, names: Sequence[str]) -> Iterator[Dict[str, list]]:
+    """Collect the outputs of submodules ``names`` (dotted paths) of ``model`` while inside:
+    {name: [output of each call]}."""
+    outputs: Dict[str, list] = {name: [] for name in names}
+    handles = [
+        operator.attrgetter(name)(model).register_forward_hook(
+            lambda module, args, out, name=name: outputs[name].append(out)
+        )
+        for name in names
+    ]
+    try:
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
