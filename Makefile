@@ -3,7 +3,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: env demo test test-slow bench
+.PHONY: env demo test test-slow test-isa bench
 
 env:
 	@bash scripts/bootstrap_env.sh
@@ -19,6 +19,11 @@ test: env
 # Also the tests marked slow (see pytest.ini); the default run already trains, kills and resumes.
 test-slow: env
 	@bash scripts/run_tests.sh --run-slow
+
+# The numerics tests (marker "numerics") under each CPU instruction set and thread setting this
+# machine supports (scripts/isa_matrix.py); ISA_SETTINGS="onednn-sse41 ..." runs only those.
+test-isa: env
+	@$(PY) scripts/isa_matrix.py $(if $(ISA_SETTINGS),--only $(ISA_SETTINGS))
 
 # Every benchmark under benchmarks/ on this machine's CPU; each updates its row of BENCHMARKS.md.
 bench: env

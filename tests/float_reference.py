@@ -28,7 +28,8 @@ one continuous computation. Decisions that cannot depend on rounding (anchor lab
 ground truth only) are recomputed and asserted equal instead (``verify``).
 
 Every check is recorded; ``pytest --float-report`` prints them at the end (quantity, scale, the
-reference's and the variant's float64 error, their ratio and the bound), e.g.
+reference's and the variant's float64 error, their ratio, the bound, and the variant's direct
+difference from the reference, which is all a float32-only test sees), e.g.
 ``pytest -m numerics --float-report``.
 """
 
@@ -39,6 +40,7 @@ import functools
 import operator
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.structures import Boxes, Instances
@@ -49,7 +51,12 @@ FACTOR = 4.0
 # Errors below this many float32 roundings of the result's largest magnitude count as equal.
 FLOOR_ULPS = 8
 
-EPS = {dtype: torch.finfo(dtype).eps for dtype in (torch.float32, torch.bfloat16, torch.float16)}
+EPS = {
+    dtype: torch.finfo(dtype).eps
+    for dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+}
+# The most per-segment IoUs a PQ sum of the tests adds up (see ``pq_tolerance``).
+PQ_SEGMENTS = 10**4
 
 
 @dataclasses.dataclass
@@ -62,6 +69,7 @@ class Measurement:
     reference_error: float  # largest |reference - float64|
     variant_error: float  # largest |variant - float64|
     bound: float
+    difference: float = float("nan")  # largest |variant - reference| (what float32 alone shows)
 
     @property
     def ratio(self) -> float:
@@ -134,34 +142,36 @@ def assert_within_reference(
     reference_error = largest_error(reference, exact)
     variant_error = largest_error(variant, exact)
     bound = max(factor * reference_error, floor)
+    difference = largest_error(variant, reference)
     measurement = Measurement(
-        _current_test[0], quantity, scale, reference_error, variant_error, bound
+        _current_test[0], quantity, scale, reference_error, variant_error, bound, difference
     )
     MEASUREMENTS.append(measurement)
     assert variant_error <= bound, (
-        f"{quantity}: error against float64 {variant_error:.3g}, more than "
+        f"{quantity} differs from float64 by {variant_error:.3g}, more than "
         f"max({factor:g} x the reference computation's {reference_error:.3g}, floor "
         f"{floor:.3g}) (scale {scale:.3g})"
     )
     return measurement
 
 
-def summation_bound(terms: int, magnitude: float, dtype: torch.dtype = torch.float32) -> float:
+def summation_bound(terms, magnitude, dtype: torch.dtype = torch.float32):
     """A bound on the rounding error of a sum of ``terms`` values of total absolute size
     ``magnitude`` computed in ``dtype`` in any order: ``(terms - 1) * eps * magnitude``, twice
     the first-order worst case of recursive summation ((n - 1) u sum|x|, u = eps / 2: Higham,
     Accuracy and Stability of Numerical Algorithms, 2nd ed., section 4.2; blocked and pairwise
     orders have smaller ones); the factor 2 covers the few roundings outside the sum (a mean's
-    division). For a mean of non-negative terms, ``magnitude`` is the mean itself."""
-    return max(terms - 1, 1) * EPS[dtype] * magnitude
+    division). For a mean of non-negative terms, ``magnitude`` is the mean itself. ``terms`` and
+    ``magnitude`` may be numpy arrays (elementwise bounds)."""
+    return np.maximum(np.asarray(terms) - 1, 1) * EPS[dtype] * np.asarray(magnitude)
 
 
-def record_measurement(quantity: str, scale: float, reference: float, variant: float, bound: float):
-    """Record a check made by the caller's own assertion (e.g. a bound derived from depth),
-    for ``--float-report``."""
-    MEASUREMENTS.append(
-        Measurement(_current_test[0], quantity, scale, reference, variant, bound)
-    )
+def pq_tolerance(scale: float = 1.0) -> float:
+    """How far two float64 computations of one PQ, SQ or RQ may differ: each sums at most
+    ``PQ_SEGMENTS`` IoUs (each in [0, 1], over a count at least their number) in its own order,
+    so they differ by at most ``summation_bound(PQ_SEGMENTS, scale, float64)`` (2.2e-12 of the
+    value range ``scale``: 1 for fractions, 100 for percent)."""
+    return summation_bound(PQ_SEGMENTS, scale, torch.float64)
 
 
 def report_lines() -> List[str]:
@@ -172,12 +182,12 @@ def report_lines() -> List[str]:
             test = m.test
             lines.append(test)
             lines.append(
-                f"  {'quantity':<60} {'scale':>9} {'ref err':>9} {'var err':>9} {'ratio':>6} "
-                f"{'bound':>9}"
+                f"  {'quantity':<56} {'scale':>9} {'ref err':>9} {'var err':>9} {'ratio':>6} "
+                f"{'bound':>9} {'var-ref':>9}"
             )
         lines.append(
-            f"  {m.quantity[-60:]:<60} {m.scale:9.3g} {m.reference_error:9.3g} "
-            f"{m.variant_error:9.3g} {m.ratio:6.2f} {m.bound:9.3g}"
+            f"  {m.quantity[-56:]:<56} {m.scale:9.3g} {m.reference_error:9.3g} "
+            f"{m.variant_error:9.3g} {m.ratio:6.2f} {m.bound:9.3g} {m.difference:9.3g}"
         )
     return lines
 
@@ -380,3 +390,26 @@ def module_outputs(model: torch.nn.Module, names: Sequence[str]) -> Iterator[Dic
     finally:
         for handle in handles:
             handle.remove()
+
+
+def inference_outputs(models: Sequence[torch.nn.Module], inputs: List[Dict]) -> List[Dict]:
+    """The continuous outputs of Detectron2 R-CNN models (GeneralizedRCNN, PanopticFPN and their
+    subclasses) at inference, every model making the first one's discrete decisions (proposals,
+    detections; ``INFERENCE_DECISIONS``), floats in the model's own dtype: per model {"semantic
+    logits" (B, C, H, W) (panoptic models), "box class logits" (R, K + 1), "box deltas" (R, 4K),
+    "mask probabilities" (D, 1, M, M)}."""
+    replay = DecisionReplay(INFERENCE_DECISIONS)
+    results = []
+    for index, model in enumerate(models):
+        dtype = next(model.parameters()).dtype
+        decisions = replay.replay(model, dtype) if index else replay.record(model)
+        hooks = module_outputs(model, ["roi_heads.box_predictor"])
+        with decisions, hooks as hooked, torch.no_grad():
+            outputs = model.inference(inputs, do_postprocess=False)
+        instances, sem_seg = outputs if isinstance(outputs, tuple) else (outputs, None)
+        ((class_logits, deltas),) = hooked["roi_heads.box_predictor"]
+        result = {} if sem_seg is None else {"semantic logits": sem_seg}
+        result["box class logits"], result["box deltas"] = class_logits, deltas
+        result["mask probabilities"] = torch.cat([x.pred_masks for x in instances])
+        results.append(result)
+    return results

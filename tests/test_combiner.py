@@ -130,6 +130,7 @@ def test_all_other_map_fully_covered_instance_and_zero_area_limit(method):
     assert {s["area"] for s in info if not s["isthing"]} == {0}
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("method", ["sequential", "parallel"])
 def test_thresholds_compare_in_float64_like_detectron2(method):
     h, w = 4, 6
@@ -241,6 +242,7 @@ def test_locate_masks_gives_tight_boxes(width):
         assert (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
 
 
+@pytest.mark.numerics
 @settings(max_examples=80, deadline=None)
 @given(
     seed=st.integers(0, 2**31 - 1),

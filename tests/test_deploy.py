@@ -148,6 +148,7 @@ def assert_outputs_equal(outputs, reference):
     assert table_as_segments_info(table) == ref_info
 
 
+@pytest.mark.numerics
 def test_inference_equals_the_model_on_validation_images(model, val_images):
     inference = PanopticInference(model).eval()
     kinds = set()

@@ -16,11 +16,10 @@ from detectron2.utils.events import EventStorage
 from float_reference import (
     EPS,
     FACTOR,
-    INFERENCE_DECISIONS,
     TRAINING_DECISIONS,
     DecisionReplay,
     assert_within_reference,
-    module_outputs,
+    inference_outputs,
     summation_bound,
     to_float64,
 )
@@ -116,6 +115,7 @@ def test_model_zoo_weights_load_with_no_missing_or_unexpected_keys(variant):
     assert not result.missing_keys and not result.unexpected_keys
 
 
+@pytest.mark.numerics
 def test_same_outputs_as_detectron2(models):
     ours, theirs = models
     with torch.no_grad():
@@ -156,7 +156,7 @@ def test_channels_last_model_gives_detectron2_outputs_up_to_rounding(models):
     assert all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
     assert not all(w.is_contiguous() for w in weights)  # the layout really changed
     inputs = images_only(batch())
-    exact, variant, reference = _raw_outputs([ours, fast, to_float64(ours)], inputs)
+    exact, variant, reference = inference_outputs([ours, fast, to_float64(ours)], inputs)
     for quantity in exact:
         assert_within_reference(quantity, variant[quantity], exact[quantity], reference[quantity])
     assert not torch.equal(variant["semantic logits"], exact["semantic logits"])  # other kernels
@@ -166,30 +166,6 @@ def test_channels_last_model_gives_detectron2_outputs_up_to_rounding(models):
     for x, y in zip(fast_out, exact_out):
         assert len(x["instances"]) > 0 and x["sem_seg"].shape == y["sem_seg"].shape
         assert x["panoptic_seg"][0].shape == y["panoptic_seg"][0].shape
-
-
-def _raw_outputs(models, inputs):
-    """Per model: {"semantic logits" (B, C, H, W), "box class logits" (R, K + 1), "box deltas"
-    (R, 4K), "mask probabilities" (D, 1, 28, 28)} at inference, every model making the first
-    one's discrete decisions (proposals, detections), floats in its own dtype."""
-    replay = DecisionReplay(INFERENCE_DECISIONS)
-    results = []
-    for index, model in enumerate(models):
-        dtype = next(model.parameters()).dtype
-        decisions = replay.replay(model, dtype) if index else replay.record(model)
-        hooks = module_outputs(model, ["roi_heads.box_predictor"])
-        with decisions, hooks as hooked, torch.no_grad():
-            instances, sem_seg = model.inference(inputs, do_postprocess=False)
-        ((class_logits, deltas),) = hooked["roi_heads.box_predictor"]
-        results.append(
-            {
-                "semantic logits": sem_seg,
-                "box class logits": class_logits,
-                "box deltas": deltas,
-                "mask probabilities": torch.cat([x.pred_masks for x in instances]),
-            }
-        )
-    return results
 
 
 def test_channels_last_weights_are_the_loaded_values(models):
@@ -430,7 +406,8 @@ def test_bfloat16_inference_keeps_the_output_dtypes(models):
     # and gives the semantic logits to bfloat16 precision: within the first-order bound of
     # SEMANTIC_DEPTH layers, each rounding its input and weights to bfloat16 (a relative error of
     # at most 2u each, u = 2^-8), of the logits' scale.
-    exact, autocast, reference = _raw_outputs([ours, fast, to_float64(ours)], images_only(batch()))
+    inputs = images_only(batch())
+    exact, autocast, reference = inference_outputs([ours, fast, to_float64(ours)], inputs)
     logits = "semantic logits"
     bound = 2 * SEMANTIC_DEPTH * EPS[torch.bfloat16] / 2 * float(reference[logits].abs().max())
     checked = assert_within_reference(

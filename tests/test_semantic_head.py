@@ -66,6 +66,7 @@ def test_layers_are_the_papers():
     assert head.predictor.kernel_size == (1, 1) and head.predictor.out_channels == 5
 
 
+@pytest.mark.numerics
 def test_inference_output_shape_and_equality_with_detectron2():
     ours, theirs = build_heads()
     ours.eval(), theirs.eval()
