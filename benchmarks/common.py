@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, List
 
 import torch
 
+from panoptic_fpn_ext.evaluation.panoptic_evaluator import usable_cores
 from panoptic_fpn_ext.file_io import atomic_write
 
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
@@ -98,8 +99,12 @@ def machine_description(device: str = "cpu") -> str:
             f"GPU {torch.cuda.get_device_name(device)}, torch {torch.__version__}, "
             f"{gpu_settings()}"
         )
+    # the machine's cores, and those this process may use where an affinity mask (taskset, a
+    # container's cpuset) leaves fewer: the threads follow those
+    cores, usable = os.cpu_count(), usable_cores()
+    cores_text = f"{cores} cores" + (f" ({usable} usable)" if usable != cores else "")
     return (
-        f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"CPU {platform.processor() or platform.machine()}, {cores_text}, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}"
     )
 

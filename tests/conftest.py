@@ -1,5 +1,10 @@
 """Test-suite options: ``--run-slow`` enables slow tests; ``gpu`` tests need CUDA;
-``--float-report`` prints the float64-referenced measurements of ``numerics`` tests."""
+``--float-report`` prints the float64-referenced measurements of ``numerics`` tests. The
+builtin datasets' root is a temporary folder of the run (``pytest_configure``)."""
+
+import os
+import shutil
+import tempfile
 
 import pytest
 import torch
@@ -15,6 +20,20 @@ def pytest_addoption(parser):
         action="store_true",
         help="print each float64-referenced check (tests/float_reference.py) at the end",
     )
+
+
+def pytest_configure(config):
+    """``$DETECTRON2_DATASETS`` for this run: a fresh temporary folder (under ``$TMPDIR``), set
+    before the plugin registers its builtin datasets. Tests that build the quick-start loader
+    generate the synthetic set there: never in the working directory (which may be read-only)
+    nor in a user's own datasets folder; tests that need data make their own."""
+    config.datasets_root = tempfile.mkdtemp(prefix="panoptic_fpn_ext_datasets_")
+    os.environ["DETECTRON2_DATASETS"] = config.datasets_root
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "datasets_root", None):
+        shutil.rmtree(config.datasets_root, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

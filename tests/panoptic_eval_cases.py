@@ -20,6 +20,7 @@ from cityscapesscripts.evaluation import evalPanopticSemanticLabeling as citysca
 from hotcoco.panoptic import pq_compute as hotcoco_pq_compute
 from PIL import Image
 
+from float_reference import pq_tolerance
 from panoptic_fpn_ext.data import id2rgb, panoptic_metadata_from_categories
 from panoptic_fpn_ext.data.coco_panoptic import register_coco_panoptic_dataset
 from panoptic_fpn_ext.evaluation import (
@@ -220,7 +221,9 @@ def our_statistics(images: Sequence[PanopticImage], device: str = "cpu") -> PQSt
     return total
 
 
-def assert_matches_reference(statistics: PQStatistics, expected: Dict, tol: float = 1e-9) -> None:
+def assert_matches_reference(
+    statistics: PQStatistics, expected: Dict, tol: float = pq_tolerance()
+) -> None:
     """Every PQ/SQ/RQ number (All/Things/Stuff and per class) and category count equal the
     reference's; classes the reference reports as 0 for lack of segments, and groups where it
     divides by zero, are NaN here."""

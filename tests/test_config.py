@@ -192,7 +192,9 @@ def test_all_classes_target_counts_stuff_and_things():
 
 
 def test_every_shipped_config_matches_its_datasets():
-    for path in glob.glob("configs/**/*.yaml", recursive=True):
+    paths = sorted(glob.glob("configs/**/*.yaml", recursive=True))
+    assert paths, "no configs/ under the working directory: run from the repository root"
+    for path in paths:
         if not os.path.basename(path).startswith("Base-"):
             _from_file(path)
 

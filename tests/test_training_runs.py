@@ -73,18 +73,28 @@ def reference_run(datasets_root, tmp_path_factory):
     return records
 
 
-def _kill_at_a_random_moment(proc, out_dir, rng):
-    """SIGKILL ``proc`` at a random moment after its first checkpoint; returns the delay (s)."""
+def _kill_at_a_random_moment(proc, record, rng):
+    """SIGKILL ``proc`` at a random moment after its first checkpoint (written at step 3): once
+    a random step in [4, MAX_ITER - 7) has finished, after a random part of the time a step
+    takes on this machine. The kill can land anywhere in a step (a checkpoint save included) and
+    always leaves steps to resume, however fast the machine. Returns the moment, as text."""
+    step = rng.randrange(4, MAX_ITER - 7)
     deadline = time.time() + 240
-    while not os.path.exists(os.path.join(out_dir, "last_checkpoint")):
-        assert proc.poll() is None, "the run ended before writing a checkpoint"
-        assert time.time() < deadline, "no checkpoint within 240 s"
-        time.sleep(0.05)
-    delay = rng.uniform(0.0, 1.5)
+    seen = [(time.monotonic(), 0)]  # (time, records written) at each change seen
+    while seen[-1][1] <= step:
+        assert proc.poll() is None, "the run ended before the step chosen to kill it after"
+        assert time.time() < deadline, f"step {step} not reached within 240 s"
+        count = len(_records(record))
+        if count != seen[-1][1]:
+            seen.append((time.monotonic(), count))
+        time.sleep(0.01)
+    (t0, n0), (t1, n1) = seen[1], seen[-1]  # from the first step seen to finish
+    step_seconds = (t1 - t0) / (n1 - n0) if n1 > n0 else 0.1
+    delay = rng.uniform(0.0, step_seconds)
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    return delay
+    return f"{delay:.2f} s after step {step}"
 
 
 def test_sigkill_then_resume_continues_iterations_lr_and_data_order(
@@ -93,8 +103,8 @@ def test_sigkill_then_resume_continues_iterations_lr_and_data_order(
     seed = random.randrange(2**32)
     out = tmp_path / "out"
     proc = _start(datasets_root, tmp_path / "killed.jsonl", out)
-    delay = _kill_at_a_random_moment(proc, out, random.Random(seed))
-    context = f"(kill delay {delay:.2f} s after the first checkpoint, seed {seed})"
+    moment = _kill_at_a_random_moment(proc, tmp_path / "killed.jsonl", random.Random(seed))
+    context = f"(killed {moment}, seed {seed})"
     assert proc.returncode == -signal.SIGKILL, context
 
     checkpoint = torch.load(_last_checkpoint(out), map_location="cpu", weights_only=False)
