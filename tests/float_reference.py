@@ -166,6 +166,21 @@ def summation_bound(terms, magnitude, dtype: torch.dtype = torch.float32):
     return np.maximum(np.asarray(terms) - 1, 1) * EPS[dtype] * np.asarray(magnitude)
 
 
+def within(quantity: str, difference: float, bound: float) -> bool:
+    """``difference <= bound``, the largest ``difference`` of each quantity of a test recorded
+    for ``--float-report`` (for checks of two float64 computations, e.g. ``pq_tolerance``)."""
+    for m in MEASUREMENTS:
+        if (m.test, m.quantity) == (_current_test[0], quantity):
+            m.variant_error, m.bound = max(m.variant_error, difference), max(m.bound, bound)
+            break
+    else:
+        nan = float("nan")
+        MEASUREMENTS.append(
+            Measurement(_current_test[0], quantity, nan, nan, difference, bound, difference)
+        )
+    return difference <= bound
+
+
 def pq_tolerance(scale: float = 1.0) -> float:
     """How far two float64 computations of one PQ, SQ or RQ may differ: each sums at most
     ``PQ_SEGMENTS`` IoUs (each in [0, 1], over a count at least their number) in its own order,

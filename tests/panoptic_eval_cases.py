@@ -20,7 +20,7 @@ from cityscapesscripts.evaluation import evalPanopticSemanticLabeling as citysca
 from hotcoco.panoptic import pq_compute as hotcoco_pq_compute
 from PIL import Image
 
-from float_reference import pq_tolerance
+from float_reference import pq_tolerance, within
 from panoptic_fpn_ext.data import id2rgb, panoptic_metadata_from_categories
 from panoptic_fpn_ext.data.coco_panoptic import register_coco_panoptic_dataset
 from panoptic_fpn_ext.evaluation import (
@@ -234,14 +234,16 @@ def assert_matches_reference(
             if expected[group]["n"] == 0:
                 assert np.isnan(summary[group][metric]), (group, metric)
             else:
-                assert abs(summary[group][metric] - expected[group][metric]) <= tol, (group, metric)
+                difference = abs(summary[group][metric] - expected[group][metric])
+                assert within("PQ/SQ/RQ vs reference", difference, tol), (group, metric)
     per_category = pq_per_category(statistics)
     for index, category in enumerate(CATEGORIES):
         reference_class = expected["per_class"][category["id"]]
         for metric in ("pq", "sq", "rq"):
             ours = per_category[metric][index]
             if per_category["counted"][index]:
-                assert abs(ours - reference_class[metric]) <= tol, (category["name"], metric)
+                difference = abs(ours - reference_class[metric])
+                assert within("PQ/SQ/RQ vs reference", difference, tol), category["name"]
             else:
                 assert np.isnan(ours) and reference_class[metric] == 0.0, category["name"]
 

@@ -15,7 +15,7 @@ from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, SemSegEv
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
-from float_reference import pq_tolerance
+from float_reference import pq_tolerance, within
 from png_files import encode_png
 from panoptic_eval_cases import (
     CATEGORIES,
@@ -78,12 +78,14 @@ def assert_results_match(results, expected, tol=pq_tolerance(100)):
             if expected[group]["n"] == 0:
                 assert math.isnan(value)
             else:
-                assert abs(value - 100 * expected[group][metric]) <= tol, (group, metric)
+                difference = abs(value - 100 * expected[group][metric])
+                assert within("PQ/SQ/RQ vs reference (%)", difference, tol), (group, metric)
     for category in CATEGORIES:
         for metric in ("pq", "sq", "rq"):
             value = results[f"{metric.upper()}_{category['name']}"]
             reference = 100 * expected["per_class"][category["id"]][metric]
-            assert math.isnan(value) and reference == 0 or abs(value - reference) <= tol
+            if not (math.isnan(value) and reference == 0):
+                assert within("PQ/SQ/RQ vs reference (%)", abs(value - reference), tol)
 
 
 def assert_same_results(results, expected, tol=pq_tolerance(100)):
@@ -91,7 +93,8 @@ def assert_same_results(results, expected, tol=pq_tolerance(100)):
     assert list(results) == list(expected)
     for key, value in results["panoptic_seg"].items():
         other = expected["panoptic_seg"][key]
-        assert (math.isnan(value) and math.isnan(other)) or abs(value - other) <= tol, key
+        if not (math.isnan(value) and math.isnan(other)):
+            assert within("PQ/SQ/RQ, two runs (%)", abs(value - other), tol), key
 
 
 def test_results_equal_the_reference_in_detectron2_format(tmp_path):
@@ -115,7 +118,8 @@ def test_results_equal_detectron2s_own_coco_panoptic_evaluator(tmp_path):
     ours = run(PanopticQualityEvaluator(name), images, str(tmp_path))["panoptic_seg"]
     theirs = run(COCOPanopticEvaluator(name), images, str(tmp_path))["panoptic_seg"]
     for key in [f"{m}{s}" for s in ("", "_th", "_st") for m in ("PQ", "SQ", "RQ")]:
-        assert abs(ours[key] - theirs[key]) <= pq_tolerance(100), key
+        difference = abs(ours[key] - theirs[key])
+        assert within("PQ/SQ/RQ vs Detectron2's (%)", difference, pq_tolerance(100)), key
 
 
 def test_detectron2_visualizer_draws_the_plugins_panoptic_records(tmp_path):
