@@ -1,35 +1,40 @@
 """Float64 references for tests that compare float computations which round differently.
 
-Two float32 computations of one function (channels-last and contiguous convolutions, an
-exported program and the eager model, another summation order) differ by rounding, and by how
-much depends on the kernels the CPU runs (oneDNN's and ATen's instruction set, the number of
-threads). A bound tuned to the difference seen on one machine fails on another. Instead:
+Two float32 computations of one function (channels-last and contiguous convolutions, autocast
+and float32, another summation order) differ by rounding, by an amount that depends on the
+kernels the CPU runs (oneDNN's and ATen's instruction set, the thread count): a bound tuned to
+the difference one machine shows fails on another. Instead (``assert_within_reference``):
 
-1. compute the same function in float64: the same weights and inputs, cast (``to_float64``);
-   the float64 result stands for the exact one (its own rounding is ~1e-16 relative);
-2. measure each float32 result's error against it: the largest absolute difference;
-3. require the variant's error to be at most ``FACTOR`` times the error of the computation it
-   claims to reproduce (the reference layout's own float32 error), or at most a floor below
-   which errors are not told apart: ``floor_ulps`` units of float32 rounding of the result's
-   scale, or an explicit floor derived from the computation's size and depth (scalars: one
-   sample of an error says little about its spread, see ``assert_within_reference``).
+1. compute the same function in float64 (``to_float64``: the same weights and inputs, cast);
+2. measure each float32 result's error against it (the largest absolute difference);
+3. require the variant's error to be at most ``FACTOR`` x the error of the computation it claims
+   to reproduce, or at most a floor: ``FLOOR_ULPS`` float32 roundings of the result's scale, or
+   a bound derived from the computation's size (``summation_bound``; for single numbers such as
+   losses, whose one error sample may by chance be far below its usual size).
 
-Two float32 computations with different summation orders have errors of the same size (both are
-sums of the same roundings, in another order), so their ratio stays near 1 on any machine; a real
-defect (a wrong weight, layout or index) gives an error many orders of magnitude above float32
-rounding. ``FACTOR`` leaves room for kernels whose blocking accumulates a little more rounding.
+Computations that differ only in summation order have errors of one size, so the ratio stays
+near 1 on any machine (here at most 1.91 over every tensor and CPU setting); a real defect (a
+wrong weight, layout or index) is orders of magnitude above rounding.
 
-Discrete steps are not continuous: top-k, NMS, IoU matching against thresholds and random
-sampling can choose differently on a rounding difference, in float64 as in another float32
-kernel, and then the two runs no longer compute the same function. ``DecisionReplay`` records
-such decisions (the return values of the model's methods that make them) in the reference run
-and returns them, cast to the run's dtype, in the other runs, so that everything compared is
-one continuous computation. Decisions that cannot depend on rounding (anchor labels: anchors and
-ground truth only) are recomputed and asserted equal instead (``verify``).
+Discrete steps are not continuous: top-k, NMS, IoU thresholds and random sampling can decide
+differently on a rounding, in float64 as in another kernel, and so can the gradients of ReLU and
+max pooling. ``DecisionReplay`` records the decisions of one run (the return values of the
+methods that make them, and with ``activations`` the ReLU masks and max-pool indices) and
+replays them in the others, so that what is compared is one continuous computation; decisions
+that depend on no rounding are recomputed and asserted equal (``verify``).
 
-Every check is recorded; ``pytest --float-report`` prints them at the end (quantity, scale, the
-reference's and the variant's float64 error, their ratio, the bound, and the variant's direct
-difference from the reference, which is all a float32-only test sees), e.g.
+Use in a test (a Detectron2 R-CNN; ``inference_outputs`` does this at inference)::
+
+    replay = DecisionReplay(TRAINING_DECISIONS, activations=True)
+    model64 = to_float64(model)
+    with replay.record(model): losses = model(inputs)
+    with replay.replay(variant, torch.float32): variant_losses = variant(inputs)
+    with replay.replay(model64, torch.float64): losses64 = model64(inputs)
+    assert_within_reference("loss", variant_losses[k], losses[k], losses64[k], floor=...)
+
+Two float64 computations (PQ by two implementations) are compared within ``pq_tolerance``.
+``pytest --float-report`` prints every check at the end (scale, both float64 errors, their
+ratio, the bound and the variant's direct difference from the reference), e.g.
 ``pytest -m numerics --float-report``.
 """
 
