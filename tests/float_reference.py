@@ -202,11 +202,11 @@ def report_lines() -> List[str]:
             test = m.test
             lines.append(test)
             lines.append(
-                f"  {'quantity':<56} {'scale':>9} {'ref err':>9} {'var err':>9} {'ratio':>6} "
+                f"  {'quantity':<62} {'scale':>9} {'ref err':>9} {'var err':>9} {'ratio':>6} "
                 f"{'bound':>9} {'var-ref':>9}"
             )
         lines.append(
-            f"  {m.quantity[-56:]:<56} {m.scale:9.3g} {m.reference_error:9.3g} "
+            f"  {m.quantity[-62:]:<62} {m.scale:9.3g} {m.reference_error:9.3g} "
             f"{m.variant_error:9.3g} {m.ratio:6.2f} {m.bound:9.3g} {m.difference:9.3g}"
         )
     return lines
