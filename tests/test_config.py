@@ -186,7 +186,7 @@ def test_class_counts_must_match_the_datasets(opts, message):
 def test_all_classes_target_counts_stuff_and_things():
     _from_file(SEMANTIC_FPN)  # 11 stuff + 8 things = 19
     message = "NUM_CLASSES = 12, but dataset 'panoptic_fpn_ext_cityscapes_fine_panoptic_train' "
-    message += "needs 19 (11 stuff + 8 thing classes with PANOPTIC_FPN_EXT.SEMANTIC_TARGET"
+    message += "needs 19 (11 stuff + 8 thing classes for the semantic target 'all_classes')"
     with pytest.raises(ValueError, match=re.escape(message)):
         _from_file(SEMANTIC_FPN, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "12")
 
