@@ -137,7 +137,7 @@ class LoadedWeights:
 
 def _module_of(key: str) -> str:
     """The module a state_dict key belongs to, two levels deep (``roi_heads.box_predictor``)."""
-    return ".".join(key.split(".")[:MODULE_DEPTH])
+    return ".".join(key.split(".")[:-1][:MODULE_DEPTH]) or key
 
 
 def record_loaded_weights(model: nn.Module, incompatible_keys: Any) -> None:
