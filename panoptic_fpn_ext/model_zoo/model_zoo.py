@@ -16,6 +16,7 @@ _PACKAGE_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "con
 _REPOSITORY_CONFIGS = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs"
 )
+COMMON = "common"  # the folder of the LazyConfigs' shared parts
 # Configs whose model is Detectron2's model-zoo PanopticFPN (same name without "_ext"): those
 # weights load unchanged.
 _WITH_DETECTRON2_WEIGHTS = (
@@ -31,12 +32,15 @@ def _configs_dir() -> str:
 
 
 def _available() -> List[str]:
+    """The configs to name: not the bases (``Base-*.yaml``, the LazyConfigs' ``common/``)."""
     root = _configs_dir()
     return sorted(
         os.path.relpath(os.path.join(folder, name), root)
         for folder, _, names in os.walk(root)
         for name in names
-        if name.endswith((".yaml", ".py")) and not name.startswith("Base")
+        if name.endswith((".yaml", ".py"))
+        and not name.startswith("Base")
+        and os.path.relpath(folder, root).split(os.sep)[0] != COMMON
     )
 
 
