@@ -34,9 +34,7 @@ import json
 import logging
 import os
 
-import torch
 import yaml
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results

@@ -355,9 +355,11 @@ def test_lazy_quick_start_trains_on_the_bundled_data_and_evaluates_as_the_yaml_r
     assert os.path.exists(tmp_path / "output" / "quick_start_lazy" / "model_final.pth")
 
 
+# The full schedule, 1,100 iterations then the evaluation (10.5 min on 2 cores)
 @pytest.mark.slow
 def test_lazy_quick_start_runs_with_no_overrides(installed_plugin, shapes_datasets, tmp_path):
     log = _train_lazy_quick_start(installed_plugin, shapes_datasets, str(tmp_path), [])
     _assert_yaml_route_evaluators(log)
     pq = float(re.search(r"copypaste: (\d+\.\d+),", log.split("Task: panoptic_seg")[1]).group(1))
+    print(f"PQ of the LazyConfig quick start, no overrides: {pq}")  # shown with pytest -s
     assert pq > 50, f"PQ {pq} after the full quick-start schedule"
