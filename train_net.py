@@ -8,6 +8,7 @@ Detectron2's usual entry point::
     python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS path/or/url.pth
     python train_net.py --config-file CONFIG --eval-only --allow-random-weights  # baseline
     python train_net.py --config-file CONFIG --resume            # continue from OUTPUT_DIR
+    python train_net.py --config-file CONFIG --resume-from OUTPUT_DIR/model_0004999.pth
     python train_net.py --config-file CONFIG --num-gpus 8        # one machine, 8 GPUs
     python train_net.py --config-file CONFIG --num-machines 2 --machine-rank 0 \
         --dist-url tcp://HOST:PORT                                # several machines
@@ -20,6 +21,12 @@ error naming ``MODEL.WEIGHTS``). ``--eval-only`` refuses an empty ``MODEL.WEIGHT
 ``eval_results.json``, ``inference/``) to ``OUTPUT_DIR/eval_<weights file stem>/``
 (``eval_random_weights/`` for random weights), never over a training run's files in
 ``OUTPUT_DIR``; it refuses a folder that holds the evaluation of other weights of the same name.
+Its weights are loaded before anything is written, and refused when they leave tensors of the
+model unloaded (another architecture, other class counts) unless ``--allow-partial-weights``.
+
+``--resume`` checks ``OUTPUT_DIR/last_checkpoint`` and the checkpoint it names before anything is
+written; a damaged one is an error that names the newest checkpoint that loads, to pass to
+``--resume-from``. ``--config-file`` takes a path or the name of one of the plugin's configs.
 """
 
 import argparse
@@ -27,13 +34,13 @@ import json
 import logging
 import os
 
-import torch
 import yaml
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
+from detectron2.modeling import build_model
 from detectron2.utils import comm
+from torch import nn
 
 from panoptic_fpn_ext import (
     add_panoptic_fpn_ext_config,
@@ -41,20 +48,46 @@ from panoptic_fpn_ext import (
     merge_config_list,
     validate_config,
 )
-from panoptic_fpn_ext.engine import PanopticFPNExtTrainer, atomic_write, resolve_weights
+from panoptic_fpn_ext.engine import (
+    ALLOW_PARTIAL_FLAG,
+    RESUME_FROM_FLAG,
+    PanopticFPNExtTrainer,
+    ResumeError,
+    atomic_write,
+    checkpoint_problem,
+    load_inference_weights,
+    resolve_weights,
+    resume_checkpoint,
+)
+from panoptic_fpn_ext.logger import PLUGIN_LOGGER, log_with_detectron2
 from panoptic_fpn_ext.model_zoo import resolve_config_file
 
 RANDOM_WEIGHTS_NAME = "random_weights"
 
 
 def argument_parser() -> argparse.ArgumentParser:
-    """Detectron2's ``default_argument_parser`` + ``--allow-random-weights``."""
+    """Detectron2's ``default_argument_parser`` + ``--allow-random-weights``,
+    ``--allow-partial-weights`` and ``--resume-from``."""
     parser = default_argument_parser()
     parser.add_argument(
         "--allow-random-weights",
         action="store_true",
         help="with --eval-only: evaluate a randomly initialised model when MODEL.WEIGHTS is "
         "empty (a baseline) instead of refusing",
+    )
+    parser.add_argument(
+        ALLOW_PARTIAL_FLAG,
+        action="store_true",
+        help="with --eval-only: evaluate weights that leave tensors of the model unloaded "
+        "(absent from the checkpoint or of another shape) instead of refusing",
+    )
+    parser.add_argument(
+        RESUME_FROM_FLAG,
+        default="",
+        metavar="CHECKPOINT",
+        help="resume from this checkpoint (weights, optimizer, LR schedule, iteration) instead "
+        "of the one OUTPUT_DIR/last_checkpoint names, e.g. the one the error about a damaged "
+        "last_checkpoint names",
     )
     return parser
 
@@ -75,18 +108,26 @@ def build_config(args) -> CfgNode:
 def weights_to_load(cfg: CfgNode, args) -> str:
     """The checkpoint the run starts from, checked to exist (URLs downloaded), or "" for none.
 
-    As Detectron2's ``resume_or_load``: with ``--resume`` and a ``last_checkpoint`` in
-    ``OUTPUT_DIR``, that checkpoint; otherwise ``MODEL.WEIGHTS``.
+    ``--resume-from``: that checkpoint. ``--resume`` with a ``last_checkpoint`` in
+    ``OUTPUT_DIR``: the checkpoint it names, checked (:func:`resume_checkpoint`). Otherwise
+    ``MODEL.WEIGHTS``, as Detectron2's ``resume_or_load``.
 
     Raises:
         ValueError: ``--eval-only`` with no weights and no ``--allow-random-weights``.
         WeightsNotFoundError: the weights file does not exist or the URL cannot be fetched.
+        ResumeError: a damaged ``last_checkpoint`` or checkpoint to resume from.
     """
+    resume_from = getattr(args, "resume_from", "")
+    if resume_from:
+        path = resolve_weights(resume_from, RESUME_FROM_FLAG)
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            raise ResumeError(f"{RESUME_FROM_FLAG} {path} {problem}")
+        return path
     if args.resume:
-        checkpointer = DetectionCheckpointer(torch.nn.Module(), save_dir=cfg.OUTPUT_DIR)
-        if checkpointer.has_checkpoint():
-            tag = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
-            return resolve_weights(checkpointer.get_checkpoint_file(), f"--resume: {tag}")
+        checkpoint = resume_checkpoint(cfg.OUTPUT_DIR)
+        if checkpoint:
+            return checkpoint
     if cfg.MODEL.WEIGHTS:
         resolve_weights(cfg.MODEL.WEIGHTS)
     elif args.eval_only and not getattr(args, "allow_random_weights", False):
@@ -135,19 +176,45 @@ def _same_weights(a: str, b: str) -> bool:
     return (a == b == "") or (bool(a) and bool(b) and os.path.abspath(a) == os.path.abspath(b))
 
 
-def setup(args) -> CfgNode:
-    """The validated config, with the weights checked and the output folder chosen, then
-    Detectron2's ``default_setup`` (which writes ``config.yaml`` and the log to OUTPUT_DIR).
-
-    Nothing is written before every check has passed.
-    """
+def checked_config(args) -> CfgNode:
+    """The validated, frozen config, with the weights checked and, for ``--eval-only``, the
+    weights and output folder chosen. Writes nothing."""
     cfg = build_config(args)
     weights = weights_to_load(cfg, args)
     if args.eval_only:
         cfg.MODEL.WEIGHTS = weights  # the checkpoint --resume picked, recorded in config.yaml
         cfg.OUTPUT_DIR = eval_output_dir(cfg.OUTPUT_DIR, weights)
     cfg.freeze()
-    default_setup(cfg, args)
+    return cfg
+
+
+def evaluation_model(cfg: CfgNode, args) -> nn.Module:
+    """The ``--eval-only`` model with ``MODEL.WEIGHTS`` loaded and checked. Writes nothing.
+
+    Raises:
+        WeightsMismatchError: the weights leave tensors of the model unloaded (and no
+            ``--allow-partial-weights``), or fill nothing of its backbone.
+    """
+    model = build_model(cfg)
+    allow_partial = getattr(args, "allow_partial_weights", False)
+    load_inference_weights(model, cfg.MODEL.WEIGHTS, allow_partial=allow_partial)
+    return model
+
+
+def start_logging(cfg: CfgNode, args) -> None:
+    """Detectron2's ``default_setup`` (writes ``config.yaml`` and the log to OUTPUT_DIR), with
+    the config's path (``default_setup`` reads ``args.config_file`` again: a config's name would
+    fail there), and the plugin's logger sent where Detectron2's goes (the per-class PQ table)."""
+    path = resolve_config_file(args.config_file)
+    default_setup(cfg, argparse.Namespace(**dict(vars(args), config_file=path)))
+    log_with_detectron2()
+
+
+def setup(args) -> CfgNode:
+    """:func:`checked_config`, then :func:`start_logging`: nothing is written before every
+    check has passed."""
+    cfg = checked_config(args)
+    start_logging(cfg, args)
     return cfg
 
 
@@ -159,15 +226,18 @@ def save_results(cfg, results) -> None:
 
 
 def main(args):
-    cfg = setup(args)
+    cfg = checked_config(args)
     if args.eval_only:
-        model = PanopticFPNExtTrainer.build_model(cfg)
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)  # chosen by setup()
+        model = evaluation_model(cfg, args)  # weights checked before anything is written
+        start_logging(cfg, args)
+        if model.loaded_weights is not None:  # the summary, also in log.txt
+            logging.getLogger(PLUGIN_LOGGER).info(model.loaded_weights.summary())
         results = PanopticFPNExtTrainer.test(cfg, model)
         verify_results(cfg, results)
     else:
+        start_logging(cfg, args)
         trainer = PanopticFPNExtTrainer(cfg)
-        trainer.resume_or_load(resume=args.resume)
+        trainer.resume_or_load(resume=args.resume, checkpoint=args.resume_from or None)
         trainer.train()
         # DefaultTrainer.train() returns results only when TEST.EXPECTED_RESULTS is set; the
         # EvalHook keeps the last evaluation (always run after the final iteration) here.

@@ -16,7 +16,7 @@ CfgNode rejects unknown keys, so a misspelled key in these sections fails when t
 
 import difflib
 import os
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import yaml
 from detectron2.config import CfgNode as CN
@@ -27,7 +27,9 @@ __all__ = [
     "add_panoptic_fpn_ext_config",
     "merge_config_file",
     "check_class_counts",
+    "check_num_classes",
     "merge_config_list",
+    "require_plugin_keys",
     "validate_config",
 ]
 
@@ -36,6 +38,12 @@ SEMANTIC_TARGETS = ("stuff_and_other", "all_classes")
 # Meta-architectures whose class counts check_class_counts compares with a dataset's metadata.
 SEMANTIC_HEAD_ARCHITECTURES = ("PanopticFPNExt", "PanopticFPN", "SemanticSegmentor")
 ROI_HEADS_ARCHITECTURES = ("PanopticFPNExt", "PanopticFPN", "GeneralizedRCNN")
+# How to get a config with the plugin's keys, for errors about a config that lacks them.
+PLUGIN_KEYS_HINT = (
+    "start from panoptic_fpn_ext.model_zoo.get_cfg() (Detectron2's get_cfg() plus the plugin's "
+    "keys) or call panoptic_fpn_ext.add_panoptic_fpn_ext_config(cfg) before merging a "
+    "panoptic_fpn_ext config"
+)
 
 
 def add_panoptic_fpn_ext_config(cfg: CN) -> None:
@@ -107,7 +115,10 @@ def merge_config_file(cfg: CN, path: str) -> None:
             raise
         raise error from e
     except (KeyError, ValueError, TypeError) as e:
-        raise ValueError(f"Config file {path}: {e}") from e
+        hint = ""
+        if "PANOPTIC_FPN_EXT" in str(e) and "PANOPTIC_FPN_EXT" not in cfg:
+            hint = f"; the config has none of panoptic_fpn_ext's keys: {PLUGIN_KEYS_HINT}"
+        raise ValueError(f"Config file {path}: {e}{hint}") from e
 
 
 def _missing_base_error(path: str) -> Optional[FileNotFoundError]:
@@ -212,6 +223,7 @@ def validate_config(cfg: CN) -> None:
     class counts that disagree with the datasets' metadata (:func:`check_class_counts`). Every
     error names its config key.
     """
+    require_plugin_keys(cfg)
     _check_range(cfg, "MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH", 0.0, 1.0)
     _check_range(cfg, "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", 0.0, 1.0)
     _check_range(cfg, "MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT", 0, float("inf"))
@@ -243,52 +255,94 @@ def validate_config(cfg: CN) -> None:
     _check_device(cfg)
     _check_datasets(cfg, "DATASETS.TRAIN")
     _check_datasets(cfg, "DATASETS.TEST")
-    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
-        check_class_counts(cfg, name)
+    check_class_counts(cfg, *cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST)
 
 
-def check_class_counts(cfg: CN, dataset_name: str) -> None:
-    """The model's class counts must match the classes of a registered dataset's metadata.
+def check_class_counts(cfg: CN, *dataset_names: str) -> None:
+    """The model's class counts must match the classes of registered datasets' metadata.
 
-    * ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` (models with a semantic head): ``len(stuff_classes)``
-      for Panoptic FPN's target (the stuff classes + "things", which ``stuff_classes`` already
-      lists first), or stuff + thing classes for ``PANOPTIC_FPN_EXT.SEMANTIC_TARGET``
-      "all_classes";
+    * ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` (models with a semantic head): see
+      :func:`check_num_classes`, with ``PANOPTIC_FPN_EXT.SEMANTIC_TARGET``;
     * ``MODEL.ROI_HEADS.NUM_CLASSES`` (models with RoI heads): ``len(thing_classes)``.
 
-    A dataset whose metadata has no ``stuff_classes``/``thing_classes`` is not checked.
+    Called wherever a config meets a dataset: :func:`validate_config` (``train_net.py``, the
+    predict tool), ``PanopticDatasetMapper.from_config`` and the evaluator builders (Detectron2's
+    ``DefaultTrainer`` with the plugin's two hooks).
 
     Raises:
-        ValueError: a count differs; names the key, the dataset and the expected value.
+        ValueError: a count differs; names the key, its value, the dataset and the value it
+            needs. The config lacks the plugin's keys (:func:`require_plugin_keys`).
+    """
+    require_plugin_keys(cfg)
+    architecture = cfg.MODEL.META_ARCHITECTURE
+    semantic = things = None
+    if architecture in SEMANTIC_HEAD_ARCHITECTURES:
+        semantic = ("MODEL.SEM_SEG_HEAD.NUM_CLASSES", cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+    if architecture in ROI_HEADS_ARCHITECTURES:
+        things = ("MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    for name in dataset_names:
+        check_num_classes(name, semantic, things, cfg.PANOPTIC_FPN_EXT.SEMANTIC_TARGET)
+
+
+def check_num_classes(
+    dataset_name: str,
+    semantic: Optional[Tuple[str, int]] = None,
+    things: Optional[Tuple[str, int]] = None,
+    semantic_target: str = "stuff_and_other",
+) -> None:
+    """A model's class counts against a registered dataset's ``stuff_classes``/``thing_classes``.
+
+    The config-free core of :func:`check_class_counts`, also what the plugin's LazyConfigs call
+    (the model's ``num_classes`` there has no config key).
+
+    Args:
+        dataset_name: a registered dataset; one whose metadata has no ``stuff_classes`` /
+            ``thing_classes`` is not checked for that count.
+        semantic: (name of the setting, value) of the semantic head's class count, or None for a
+            model without one. It must be ``len(stuff_classes)`` for Panoptic FPN's target (the
+            stuff classes + "things", which ``stuff_classes`` lists first), or stuff + thing
+            classes for the "all_classes" target.
+        things: (name of the setting, value) of the RoI heads' class count, or None; it must be
+            ``len(thing_classes)``.
+        semantic_target: "stuff_and_other" or "all_classes" (``PANOPTIC_FPN_EXT.SEMANTIC_TARGET``).
+    Raises:
+        ValueError: a count differs; names the setting, its value, the dataset and the value it
+            needs.
     """
     from detectron2.data import MetadataCatalog  # registered datasets, known only at call time
 
     metadata = MetadataCatalog.get(dataset_name)
-    stuff = getattr(metadata, "stuff_classes", None)
-    things = getattr(metadata, "thing_classes", None)
-    architecture = cfg.MODEL.META_ARCHITECTURE
-    if architecture in SEMANTIC_HEAD_ARCHITECTURES and stuff is not None:
-        target = cfg.PANOPTIC_FPN_EXT.SEMANTIC_TARGET
-        if target == "all_classes":
-            expected = len(stuff) - 1 + len(things or ())
-            reason = f"{len(stuff) - 1} stuff + {len(things or ())} thing classes"
+    stuff = metadata.get("stuff_classes")
+    thing_classes = metadata.get("thing_classes")
+    if semantic is not None and stuff is not None:
+        if semantic_target == "all_classes":
+            expected = len(stuff) - 1 + len(thing_classes or ())
+            reason = f"{len(stuff) - 1} stuff + {len(thing_classes or ())} thing classes"
         else:
             expected = len(stuff)
             reason = f"{len(stuff) - 1} stuff classes + 1 'things'"
-        reason += f" with PANOPTIC_FPN_EXT.SEMANTIC_TARGET {target!r}"
-        _check_count(cfg, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", expected, dataset_name, reason)
-    if architecture in ROI_HEADS_ARCHITECTURES and things is not None:
-        reason = f"its {len(things)} thing classes"
-        _check_count(cfg, "MODEL.ROI_HEADS.NUM_CLASSES", len(things), dataset_name, reason)
+        reason += f" for the semantic target {semantic_target!r}"
+        _check_count(*semantic, expected, dataset_name, reason)
+    if things is not None and thing_classes is not None:
+        reason = f"its {len(thing_classes)} thing classes"
+        _check_count(*things, len(thing_classes), dataset_name, reason)
 
 
-def _check_count(cfg: CN, key: str, expected: int, dataset_name: str, reason: str) -> None:
-    value = _lookup(cfg, key)
+def _check_count(key: str, value: int, expected: int, dataset_name: str, reason: str) -> None:
     if value != expected:
         raise ValueError(
             f"Config key {key} = {value}, but dataset '{dataset_name}' needs {expected} "
             f"({reason})"
         )
+
+
+def require_plugin_keys(cfg: CN) -> None:
+    """Raise a ``ValueError`` saying how to add the plugin's keys when ``cfg`` lacks them.
+
+    Detectron2's ``get_cfg()`` has none of ``MODEL.PANOPTIC_FPN_EXT`` / ``PANOPTIC_FPN_EXT``.
+    """
+    if "PANOPTIC_FPN_EXT" not in cfg or "PANOPTIC_FPN_EXT" not in cfg.MODEL:
+        raise ValueError(f"This config has none of panoptic_fpn_ext's keys: {PLUGIN_KEYS_HINT}")
 
 
 def _check_device(cfg: CN) -> None:

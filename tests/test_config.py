@@ -33,6 +33,22 @@ def test_adds_plugin_keys_with_defaults():
     assert cfg.MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT == 1.0
 
 
+def test_readme_lists_every_key_the_plugin_adds_with_its_default():
+    """README's "Config keys the plugin adds" table: one row per key, its default as written."""
+    from panoptic_fpn_ext.config import _all_keys, _lookup
+
+    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")) as f:
+        readme = f.read()
+    section = readme[readme.index("### Config keys the plugin adds") :]
+    rows = re.findall(r"^\| `([A-Z_.]+)` \| `([^`]*)` \|", section, re.M)
+    cfg = _cfg()
+    added = sorted(set(_all_keys(cfg)) - set(_all_keys(get_cfg())))
+    assert sorted(key for key, _ in rows) == added
+    written = lambda v: f'"{v}"' if isinstance(v, str) else repr(v)  # noqa: E731
+    for key, default in rows:
+        assert default == written(_lookup(cfg, key)), key
+
+
 def test_idempotent():
     cfg = _cfg()
     cfg.MODEL.PANOPTIC_FPN_EXT.COMBINER_NAME = "Custom"
@@ -186,7 +202,7 @@ def test_class_counts_must_match_the_datasets(opts, message):
 def test_all_classes_target_counts_stuff_and_things():
     _from_file(SEMANTIC_FPN)  # 11 stuff + 8 things = 19
     message = "NUM_CLASSES = 12, but dataset 'panoptic_fpn_ext_cityscapes_fine_panoptic_train' "
-    message += "needs 19 (11 stuff + 8 thing classes with PANOPTIC_FPN_EXT.SEMANTIC_TARGET"
+    message += "needs 19 (11 stuff + 8 thing classes for the semantic target 'all_classes')"
     with pytest.raises(ValueError, match=re.escape(message)):
         _from_file(SEMANTIC_FPN, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "12")
 

@@ -89,6 +89,7 @@ print("RESULTS", json.dumps(trainer._last_eval_results))
     results = __import__("json").loads(out.split("RESULTS ", 1)[1].splitlines()[0])
     assert {"PQ", "SQ", "RQ"} <= set(results["panoptic_seg"]), results
     assert os.path.exists(tmp_path / "out" / "model_final.pth")
+    assert "Per-class panoptic quality of my_val:" in out  # the plugin's logger reaches the log
 
 
 def test_default_mapper_stops_with_an_error_naming_the_panoptic_mapper(installed_plugin, tmp_path):

@@ -17,8 +17,22 @@ def test_config_file_by_name_is_the_repository_file_in_a_checkout():
 
 
 def test_unknown_name_lists_the_available_configs():
-    with pytest.raises(ValueError, match="quick_start/panoptic_fpn_ext_R_18_shapes.yaml"):
+    with pytest.raises(ValueError, match="quick_start/panoptic_fpn_ext_R_18_shapes.yaml") as error:
         model_zoo.get_config_file("COCO-PanopticSegmentation/nope.yaml")
+    assert "quick_start/panoptic_fpn_ext_R_18_shapes.py" in str(error.value)
+    assert "common/" not in str(error.value) and "Base-" not in str(error.value)
+
+
+def test_get_cfg_is_detectron2s_with_the_plugin_keys_and_takes_a_plugin_yaml():
+    from detectron2.config import get_cfg
+
+    from panoptic_fpn_ext import add_panoptic_fpn_ext_config
+
+    cfg, expected = model_zoo.get_cfg(), get_cfg()
+    add_panoptic_fpn_ext_config(expected)
+    assert cfg == expected
+    cfg.merge_from_file(model_zoo.get_config_file(R50))
+    assert cfg.MODEL.META_ARCHITECTURE == "PanopticFPNExt"
 
 
 def test_resolve_takes_a_path_then_a_name_and_names_both_when_neither(tmp_path):

@@ -275,8 +275,7 @@ def test_threads_default_to_the_usable_cores_and_follow_the_config(tmp_path, mon
     monkeypatch.setattr(evaluator_module.os, "sched_getaffinity", lambda pid: {0, 3, 5})
     assert PanopticQualityEvaluator(name).num_threads == 3
     assert PanopticQualityEvaluator(name, num_threads=2).num_threads == 2
-    cfg = get_cfg()
-    add_panoptic_fpn_ext_config(cfg)
+    cfg = config(name)
     for configured, expected in ((0, 3), (7, 7)):
         cfg.PANOPTIC_FPN_EXT.EVAL.NUM_THREADS = configured
         evaluators = build_panoptic_fpn_evaluators(cfg, name, str(tmp_path))._evaluators
@@ -394,10 +393,14 @@ def test_two_gloo_processes_give_the_single_process_results(tmp_path):
 # --- the evaluators of train_net.py --------------------------------------------------------
 
 
-def config(**eval_keys):
+def config(dataset, **eval_keys):
+    """A config whose class counts fit ``dataset`` (the evaluator builders check them)."""
     cfg = get_cfg()
     add_panoptic_fpn_ext_config(cfg)
     cfg.MODEL.MASK_ON = True
+    metadata = MetadataCatalog.get(dataset)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(metadata.thing_classes)
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = len(metadata.stuff_classes)  # stuff + "things"
     for key, value in eval_keys.items():
         cfg.PANOPTIC_FPN_EXT.EVAL[key] = value
     return cfg
@@ -425,10 +428,11 @@ def kinds(evaluators):
 
 
 def test_build_gives_pq_instance_ap_and_miou(shapes_dataset, tmp_path):
-    evaluators = build_panoptic_fpn_evaluators(config(), shapes_dataset, str(tmp_path))
+    cfg = config(shapes_dataset)
+    evaluators = build_panoptic_fpn_evaluators(cfg, shapes_dataset, str(tmp_path))
     assert kinds(evaluators) == [PanopticQualityEvaluator, COCOEvaluator, SemSegEvaluator]
     assert evaluators._evaluators[1]._tasks == ("bbox", "segm")
-    only_pq = config(INSTANCE_AP=False, SEMANTIC_MIOU=False)
+    only_pq = config(shapes_dataset, INSTANCE_AP=False, SEMANTIC_MIOU=False)
     assert kinds(build_panoptic_fpn_evaluators(only_pq, shapes_dataset, str(tmp_path))) == [
         PanopticQualityEvaluator
     ]
@@ -436,14 +440,15 @@ def test_build_gives_pq_instance_ap_and_miou(shapes_dataset, tmp_path):
 
 def test_build_skips_instance_ap_without_instances_json(tmp_path):
     name = registered(tmp_path, case_images(2))
-    evaluators = build_panoptic_fpn_evaluators(config(), name, str(tmp_path))
+    evaluators = build_panoptic_fpn_evaluators(config(name), name, str(tmp_path))
     assert kinds(evaluators) == [PanopticQualityEvaluator, SemSegEvaluator]
 
 
 def test_build_for_a_semantic_only_model_evaluates_all_classes(tmp_path):
     name = registered(tmp_path, case_images(2))
-    cfg = config()
+    cfg = config(name)
     cfg.PANOPTIC_FPN_EXT.SEMANTIC_TARGET = "all_classes"
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES += len(METADATA["thing_classes"]) - 1  # stuff + things
     evaluators = build_panoptic_fpn_evaluators(cfg, name, str(tmp_path))
     assert kinds(evaluators) == [SemSegEvaluator]
     semantic = evaluators._evaluators[0]
@@ -479,7 +484,7 @@ def test_semantic_labels_are_derived_from_the_panoptic_png(tmp_path, all_classes
 def test_semantic_evaluator_scores_perfect_predictions_100(tmp_path):
     images = case_images(3)
     name = registered(tmp_path, images)
-    cfg = config()
+    cfg = config(name)
     semantic = build_panoptic_fpn_evaluators(cfg, name, str(tmp_path))._evaluators[-1]
     num_classes = len(MetadataCatalog.get(name).stuff_classes)
     semantic.reset()
@@ -497,7 +502,7 @@ def test_build_evaluator_refuses_a_dataset_of_another_evaluator_type(shapes_data
 
     from panoptic_fpn_ext import build_evaluator
 
-    assert kinds(build_evaluator(config(), shapes_dataset, str(tmp_path)))[0] is (
+    assert kinds(build_evaluator(config(shapes_dataset), shapes_dataset, str(tmp_path)))[0] is (
         PanopticQualityEvaluator
     )
     name = "test_build_evaluator_coco_type"
@@ -505,4 +510,4 @@ def test_build_evaluator_refuses_a_dataset_of_another_evaluator_type(shapes_data
         DatasetCatalog.register(name, lambda: [])
         MetadataCatalog.get(name).set(evaluator_type="coco")
     with pytest.raises(ValueError, match=f"Dataset '{name}' has evaluator_type 'coco'"):
-        build_evaluator(config(), name, str(tmp_path))
+        build_evaluator(config(shapes_dataset), name, str(tmp_path))

@@ -11,7 +11,7 @@ import yaml
 import train_net
 from file_snapshots import snapshot
 from panoptic_fpn_ext.data import generate_shapes_dataset, register_coco_panoptic_dataset
-from panoptic_fpn_ext.engine import WeightsNotFoundError
+from panoptic_fpn_ext.engine import PanopticFPNExtTrainer, ResumeError, WeightsNotFoundError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "quick_start", "panoptic_fpn_ext_R_18_shapes.yaml")
@@ -91,10 +91,11 @@ def test_resume_eval_only_picks_last_checkpoint(training_run):
     assert train_net.weights_to_load(cfg, args) == str(training_run / "model_final.pth")
 
 
-@pytest.fixture
-def tiny_val(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_val(tmp_path_factory):
     """A registered 2-image shapes set (the quick-start classes), for a real evaluation."""
-    paths = generate_shapes_dataset(str(tmp_path / "shapes"), "val", 2, (40, 48), seed=3)
+    shapes = str(tmp_path_factory.mktemp("shapes"))
+    paths = generate_shapes_dataset(shapes, "val", 2, (40, 48), seed=3)
     name = "test_train_net_weights_tiny_val"
     register_coco_panoptic_dataset(
         name, paths["image_root"], paths["panoptic_root"], paths["panoptic_json"]
@@ -115,3 +116,30 @@ def test_eval_only_with_random_weights_writes_beside_the_training_run(training_r
     assert json.loads((folder / "eval_results.json").read_text()) == json.loads(json.dumps(results))
     assert "PQ" in results["panoptic_seg"]
     assert yaml.safe_load((folder / "config.yaml").read_text())["MODEL"]["WEIGHTS"] == ""
+
+
+def test_resume_from_the_checkpoint_a_damaged_run_names(tmp_path, tiny_val):
+    """--resume refuses a cut-short final checkpoint and names the intact one; --resume-from it
+    continues that run's iterations (~3 s)."""
+    out = tmp_path / "run"
+    opts = [
+        "DATASETS.TRAIN", f"('{tiny_val}',)", "DATASETS.TEST", "()", "SOLVER.IMS_PER_BATCH", "1",
+        "SOLVER.MAX_ITER", "5", "SOLVER.WARMUP_ITERS", "0", "SOLVER.STEPS", "()",
+        "DATALOADER.NUM_WORKERS", "0", "INPUT.MIN_SIZE_TRAIN", "(32,)",
+        "INPUT.MAX_SIZE_TRAIN", "48",
+    ]  # fmt: skip
+    trainer = PanopticFPNExtTrainer(train_net.checked_config(_args(out, opts=opts)))
+    trainer.resume_or_load(resume=False)
+    trainer.iter = 3  # as a run leaves it after its 4th iteration
+    trainer.checkpointer.save("model_0000003")
+    (out / "model_final.pth").write_bytes((out / "model_0000003.pth").read_bytes()[:5000])
+    (out / "last_checkpoint").write_text("model_final.pth")
+    before = snapshot(out)
+    with pytest.raises(ResumeError, match=f"--resume-from {out}/model_0000003.pth"):
+        train_net.main(_args(out, "--resume", opts=opts))
+    assert snapshot(out) == before
+
+    train_net.main(_args(out, "--resume-from", str(out / "model_0000003.pth"), opts=opts))
+    final = torch.load(out / "model_final.pth", weights_only=False)
+    assert final["iteration"] == 4  # iteration 4 ran, the last of SOLVER.MAX_ITER 5
+    assert (out / "last_checkpoint").read_text() == "model_final.pth"

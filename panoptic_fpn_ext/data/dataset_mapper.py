@@ -26,6 +26,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances
 
+from ..config import check_class_counts
 from .panoptic_io import PanopticDataError, read_image_file, read_panoptic_png
 
 __all__ = ["PanopticDatasetMapper", "semantic_from_panoptic", "semantic_label"]
@@ -206,8 +207,10 @@ class PanopticDatasetMapper:
         flip (INPUT.RANDOM_FLIP, training only); INPUT.FORMAT; MODEL.SEM_SEG_HEAD.IGNORE_VALUE.
 
         Raises:
-            ValueError: INPUT.MASK_FORMAT is not "bitmask".
+            ValueError: INPUT.MASK_FORMAT is not "bitmask"; a class count of the model differs
+                from a dataset of DATASETS.TRAIN/TEST (``check_class_counts``).
         """
+        check_class_counts(cfg, *cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST)
         if cfg.INPUT.MASK_FORMAT != "bitmask":
             raise ValueError(
                 f"INPUT.MASK_FORMAT = {cfg.INPUT.MASK_FORMAT!r}: PanopticDatasetMapper makes "

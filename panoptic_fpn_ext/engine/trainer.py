@@ -4,7 +4,7 @@ import logging
 import math
 import re
 import weakref
-from typing import Dict
+from typing import Dict, Optional
 
 from detectron2.data import (
     build_detection_test_loader,
@@ -19,6 +19,7 @@ from detectron2.utils.logger import setup_logger
 from ..data import PanopticDatasetMapper
 from ..evaluation import build_evaluator
 from .checkpoint import AtomicDetectionCheckpointer
+from .resume import resume_checkpoint
 from .sampler import ResumableTrainingSampler
 
 __all__ = ["PanopticFPNExtTrainer", "loss_terms_of"]
@@ -76,8 +77,25 @@ class PanopticFPNExtTrainer(DefaultTrainer):
         self._first_huge_loss = None  # (iteration, {term: value}) of this run, see run_step
         self.register_hooks(self.build_hooks())
 
-    def resume_or_load(self, resume: bool = True) -> None:
-        super().resume_or_load(resume=resume)
+    def resume_or_load(self, resume: bool = True, checkpoint: Optional[str] = None) -> None:
+        """Detectron2's ``resume_or_load``, with the checkpoint to resume from checked first.
+
+        Args:
+            resume: continue from the checkpoint ``OUTPUT_DIR/last_checkpoint`` names (checked by
+                :func:`resume_checkpoint`) when there is one; else load ``MODEL.WEIGHTS``.
+            checkpoint: continue from this checkpoint instead (``train_net.py --resume-from``),
+                e.g. the one a damaged ``last_checkpoint``'s error names.
+        Raises:
+            ResumeError: ``last_checkpoint`` or the checkpoint it names is damaged; nothing was
+                loaded.
+        """
+        if checkpoint is None and resume:
+            checkpoint = resume_checkpoint(self.cfg.OUTPUT_DIR)
+        if checkpoint:
+            self.checkpointer.load(checkpoint)  # the model and every checkpointable
+            self.start_iter = self.iter + 1  # the checkpoint holds the last iteration done
+        else:
+            self.checkpointer.load(self.cfg.MODEL.WEIGHTS, checkpointables=[])
         self._trainer.data_loader.resumable_sampler.skip(
             self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH
         )

@@ -4,6 +4,8 @@ from .build import (
     SemanticFromPanoptic,
     build_evaluator,
     build_panoptic_fpn_evaluators,
+    evaluator_options,
+    panoptic_fpn_evaluators,
     semantic_evaluation_dataset,
 )
 from .export import PanopticExporter, export_paths
@@ -27,8 +29,10 @@ __all__ = [
     "SemanticFromPanoptic",
     "build_evaluator",
     "build_panoptic_fpn_evaluators",
+    "evaluator_options",
     "export_paths",
     "image_pq_statistics",
+    "panoptic_fpn_evaluators",
     "pq_per_category",
     "pq_summary",
     "read_panoptic_id_map",

@@ -10,15 +10,17 @@ loaders and records of the dataset itself are unchanged).
 
 import os
 from functools import partial
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
 
+from ..config import check_class_counts
 from ..data.coco_panoptic import EVALUATOR_TYPE
 from ..data.dataset_mapper import semantic_from_panoptic
+from ..logger import log_with_detectron2
 from ..registration import register_dataset_once
 from .panoptic_evaluator import PanopticQualityEvaluator
 
@@ -26,6 +28,8 @@ __all__ = [
     "SemanticFromPanoptic",
     "build_evaluator",
     "build_panoptic_fpn_evaluators",
+    "evaluator_options",
+    "panoptic_fpn_evaluators",
     "semantic_evaluation_dataset",
 ]
 
@@ -103,20 +107,9 @@ class SemanticFromPanoptic:
 def build_panoptic_fpn_evaluators(
     cfg: CfgNode, dataset_name: str, output_dir: Optional[str] = None
 ) -> DatasetEvaluators:
-    """The evaluators of ``train_net.py`` for one test dataset.
-
-    With ``PANOPTIC_FPN_EXT.SEMANTIC_TARGET`` "stuff_and_other" (Panoptic FPN):
-
-    * :class:`PanopticQualityEvaluator` (PQ/SQ/RQ), always; it exports the predictions in
-      ``PANOPTIC_FPN_EXT.EVAL.EXPORT_FORMATS`` to ``output_dir``;
-    * Detectron2's ``COCOEvaluator`` (box AP, and mask AP with ``MODEL.MASK_ON``) when
-      ``PANOPTIC_FPN_EXT.EVAL.INSTANCE_AP`` is set and the metadata has an instances
-      ``json_file``;
-    * Detectron2's ``SemSegEvaluator`` (mIoU over "things" + the stuff classes) when
-      ``PANOPTIC_FPN_EXT.EVAL.SEMANTIC_MIOU`` is set.
-
-    With "all_classes" (a semantic-only model, no panoptic or instance output): the
-    ``SemSegEvaluator`` over all classes (stuff, then things) when ``SEMANTIC_MIOU`` is set.
+    """The evaluators of ``train_net.py`` for one test dataset: :func:`panoptic_fpn_evaluators`
+    with the config's settings (:func:`evaluator_options`), after checking the model's class
+    counts against the dataset.
 
     Args:
         cfg: the config.
@@ -125,26 +118,81 @@ def build_panoptic_fpn_evaluators(
             as Detectron2's trainers do).
     Returns:
         a ``DatasetEvaluators``.
+    Raises:
+        ValueError: a class count of the model differs from the dataset's
+            (``check_class_counts``).
     """
+    check_class_counts(cfg, dataset_name)
     if output_dir is None:
         output_dir = os.path.join(cfg.OUTPUT_DIR, "inference")
-    metadata = MetadataCatalog.get(dataset_name)
+    return panoptic_fpn_evaluators(dataset_name, output_dir, **evaluator_options(cfg))
+
+
+def evaluator_options(cfg: CfgNode) -> Dict[str, Any]:
+    """The keyword arguments of :func:`panoptic_fpn_evaluators` that a config sets:
+    ``PANOPTIC_FPN_EXT.SEMANTIC_TARGET``, ``MODEL.MASK_ON`` and ``PANOPTIC_FPN_EXT.EVAL.*``."""
     evaluation = cfg.PANOPTIC_FPN_EXT.EVAL
-    all_classes = cfg.PANOPTIC_FPN_EXT.SEMANTIC_TARGET == "all_classes"
+    return {
+        "semantic_target": cfg.PANOPTIC_FPN_EXT.SEMANTIC_TARGET,
+        "mask_on": cfg.MODEL.MASK_ON,
+        "export_formats": list(evaluation.EXPORT_FORMATS),
+        "instance_ap": evaluation.INSTANCE_AP,
+        "semantic_miou": evaluation.SEMANTIC_MIOU,
+        "num_threads": evaluation.NUM_THREADS,
+    }
+
+
+def panoptic_fpn_evaluators(
+    dataset_name: str,
+    output_dir: Optional[str] = None,
+    *,
+    semantic_target: str,
+    mask_on: bool,
+    export_formats: Sequence[str],
+    instance_ap: bool,
+    semantic_miou: bool,
+    num_threads: int,
+) -> DatasetEvaluators:
+    """The evaluators of one test dataset, from plain arguments (what the LazyConfigs call).
+
+    With ``semantic_target`` "stuff_and_other" (Panoptic FPN):
+
+    * :class:`PanopticQualityEvaluator` (PQ/SQ/RQ), always; it exports the predictions in
+      ``export_formats`` to ``output_dir``;
+    * Detectron2's ``COCOEvaluator`` (box AP, and mask AP with ``mask_on``) when
+      ``instance_ap`` is set and the metadata has an instances ``json_file``;
+    * Detectron2's ``SemSegEvaluator`` (mIoU over "things" + the stuff classes) when
+      ``semantic_miou`` is set.
+
+    With "all_classes" (a semantic-only model, no panoptic or instance output): the
+    ``SemSegEvaluator`` over all classes (stuff, then things) when ``semantic_miou`` is set.
+
+    Args:
+        dataset_name: a registered dataset of the plugin's format.
+        output_dir: where the evaluators write their files (None: nowhere).
+        semantic_target, mask_on, export_formats, instance_ap, semantic_miou, num_threads: the
+            values of the config keys named in :func:`evaluator_options`.
+    Returns:
+        a ``DatasetEvaluators``. The plugin's log records (the per-class PQ table) go where
+        Detectron2's go (:func:`~panoptic_fpn_ext.logger.log_with_detectron2`).
+    """
+    log_with_detectron2()
+    metadata = MetadataCatalog.get(dataset_name)
+    all_classes = semantic_target == "all_classes"
     evaluators = []
     if not all_classes:
         evaluators.append(
             PanopticQualityEvaluator(
                 dataset_name,
                 output_dir,
-                export_formats=list(evaluation.EXPORT_FORMATS),
-                num_threads=evaluation.NUM_THREADS,
+                export_formats=list(export_formats),
+                num_threads=num_threads,
             )
         )
-        if evaluation.INSTANCE_AP and metadata.get("json_file") is not None:
-            tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+        if instance_ap and metadata.get("json_file") is not None:
+            tasks = ("bbox", "segm") if mask_on else ("bbox",)
             evaluators.append(COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_dir))
-    if evaluation.SEMANTIC_MIOU:
+    if semantic_miou:
         num_stuff = len(metadata.stuff_classes) - 1 if all_classes else 0
         loader = SemanticFromPanoptic(dataset_name, metadata.ignore_label, num_stuff)
         view = semantic_evaluation_dataset(dataset_name, all_classes)

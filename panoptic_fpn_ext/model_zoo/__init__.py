@@ -6,6 +6,12 @@ as ``panoptic_fpn_ext/model_zoo/configs`` (``setup.py`` links or copies it at bu
 Detectron2's own ``setup.py`` does); a source checkout used in place reads ``configs/`` itself.
 """
 
-from .model_zoo import get_checkpoint_url, get_config, get_config_file, resolve_config_file
+from .model_zoo import (
+    get_cfg,
+    get_checkpoint_url,
+    get_config,
+    get_config_file,
+    resolve_config_file,
+)
 
-__all__ = ["get_checkpoint_url", "get_config", "get_config_file", "resolve_config_file"]
+__all__ = ["get_cfg", "get_checkpoint_url", "get_config", "get_config_file", "resolve_config_file"]

@@ -4,17 +4,19 @@ import os
 from typing import List, Union
 
 import torch
-from detectron2.config import CfgNode, LazyConfig, get_cfg
+from detectron2.config import CfgNode, LazyConfig
+from detectron2.config import get_cfg as get_detectron2_cfg
 from omegaconf import DictConfig
 
 from ..config import add_panoptic_fpn_ext_config, merge_config_file
 
-__all__ = ["get_checkpoint_url", "get_config", "get_config_file", "resolve_config_file"]
+__all__ = ["get_cfg", "get_checkpoint_url", "get_config", "get_config_file", "resolve_config_file"]
 
 _PACKAGE_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 _REPOSITORY_CONFIGS = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs"
 )
+COMMON = "common"  # the folder of the LazyConfigs' shared parts
 # Configs whose model is Detectron2's model-zoo PanopticFPN (same name without "_ext"): those
 # weights load unchanged.
 _WITH_DETECTRON2_WEIGHTS = (
@@ -30,17 +32,38 @@ def _configs_dir() -> str:
 
 
 def _available() -> List[str]:
+    """The configs to name: not the bases (``Base-*.yaml``, the LazyConfigs' ``common/``)."""
     root = _configs_dir()
     return sorted(
         os.path.relpath(os.path.join(folder, name), root)
         for folder, _, names in os.walk(root)
         for name in names
-        if name.endswith((".yaml", ".py")) and not name.startswith("Base")
+        if name.endswith((".yaml", ".py"))
+        and not name.startswith("Base")
+        and os.path.relpath(folder, root).split(os.sep)[0] != COMMON
     )
+
+
+def get_cfg() -> CfgNode:
+    """Detectron2's ``get_cfg()`` plus the plugin's keys, with their defaults.
+
+    The config to merge one of the plugin's YAMLs into: Detectron2's own ``get_cfg()`` has no
+    ``MODEL.PANOPTIC_FPN_EXT`` / ``PANOPTIC_FPN_EXT``, and its ``merge_from_file`` then fails with
+    ``KeyError: Non-existent config key``::
+
+        cfg = panoptic_fpn_ext.model_zoo.get_cfg()
+        cfg.merge_from_file(panoptic_fpn_ext.model_zoo.get_config_file(name))
+    """
+    cfg = get_detectron2_cfg()
+    add_panoptic_fpn_ext_config(cfg)
+    return cfg
 
 
 def get_config_file(config_path: str) -> str:
     """The real path of one of the plugin's configs.
+
+    Merge a YAML into :func:`get_cfg` (not Detectron2's ``get_cfg()``, which lacks the plugin's
+    keys), or take :func:`get_config`, which does both.
 
     Args:
         config_path: relative to the repository's ``configs/``, e.g.
@@ -117,7 +140,6 @@ def get_config(config_path: str, trained: bool = False) -> Union[CfgNode, DictCo
             cfg.train.init_checkpoint = get_checkpoint_url(config_path)
         return cfg
     cfg = get_cfg()
-    add_panoptic_fpn_ext_config(cfg)
     merge_config_file(cfg, path)
     if cpu_only:
         cfg.MODEL.DEVICE = "cpu"

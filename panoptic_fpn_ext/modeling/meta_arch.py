@@ -10,6 +10,7 @@ from detectron2.modeling.meta_arch.panoptic_fpn import PanopticFPN
 from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
 
+from ..engine.weights import watch_loaded_weights
 from ..registration import register_once
 from .combiner import PanopticHeuristicCombiner, build_panoptic_combiner
 from .device_settings import autocast_dtype, check_memory_format, resolve_memory_format
@@ -81,6 +82,7 @@ class PanopticFPNExt(PanopticFPN):
         self.applied_memory_format = torch.contiguous_format  # what nn.Module gives
         self._apply_memory_format()
         self.roi_heads.register_forward_pre_hook(_contiguous_features)
+        watch_loaded_weights(self)  # every load is summed up; one filling no backbone, refused
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict:

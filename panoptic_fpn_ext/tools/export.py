@@ -16,11 +16,11 @@ import os
 import shutil
 from typing import List, Optional
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 from ..deploy import artifact_metadata, export_panoptic_model, save_artifact
 from ..deploy.export import smallest_exportable_side
+from ..engine.weights import ALLOW_PARTIAL_FLAG, load_inference_weights
 from .predict import build_cfg
 
 FORMATS = ("pt2",)
@@ -45,6 +45,12 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         "--max-side", type=int, default=None, help="largest image side (default: "
         "max(INPUT.MAX_SIZE_TEST, INPUT.MIN_SIZE_TEST))"
     )
+    parser.add_argument(
+        ALLOW_PARTIAL_FLAG,
+        dest="allow_partial",
+        action="store_true",
+        help="export weights that leave tensors of the model unloaded (refused otherwise)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return parser.parse_args(argv)
 
@@ -55,7 +61,7 @@ def main(argv: Optional[List[str]] = None) -> str:
     layout = ["MODEL.PANOPTIC_FPN_EXT.MEMORY_FORMAT", "contiguous"]
     cfg = build_cfg(args.config_file, args.opts + layout)
     model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    load_inference_weights(model, cfg.MODEL.WEIGHTS, allow_partial=args.allow_partial)
     min_side = args.min_side or smallest_exportable_side(model)
     max_side = args.max_side or max(cfg.INPUT.MAX_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST)
     program = export_panoptic_model(model, min_side, max_side)

@@ -56,7 +56,7 @@ from ..config import (
     validate_config,
 )
 from ..data import PanopticDataError, read_image_file
-from ..engine.weights import resolve_weights
+from ..engine.weights import ALLOW_PARTIAL_FLAG, check_inference_weights, resolve_weights
 from ..evaluation import PanopticExporter
 from ..file_io import atomic_write
 from ..model_zoo import resolve_config_file
@@ -367,6 +367,12 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         "--overwrite", action="store_true", help="replace earlier predictions in --output"
     )
     parser.add_argument(
+        ALLOW_PARTIAL_FLAG,
+        dest="allow_partial",
+        action="store_true",
+        help="predict with weights that leave tensors of the model unloaded (refused otherwise)",
+    )
+    parser.add_argument(
         "--opts",
         default=[],
         nargs=argparse.REMAINDER,
@@ -394,6 +400,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             "--overwrite to replace them, or choose another --output"
         )
     predictor = DefaultPredictor(cfg)
+    check_inference_weights(predictor.model, cfg.MODEL.WEIGHTS, allow_partial=args.allow_partial)
     dataset = cfg.DATASETS.TEST[0]
     folder = PredictionFolder(args.output, dataset, MetadataCatalog.get(dataset))
     folder.clear()
