@@ -52,7 +52,6 @@ from ..data import PanopticDatasetMapper
 from ..engine.weights import resolve_weights
 from ..evaluation.combiner_cache import CachedImage, CombinerCache, read_shard_ids
 from ..evaluation.panoptic_evaluator import usable_cores
-from ..evaluation.pq import pq_results
 from ..evaluation.pq_errors import analyze_errors
 from ..evaluation.threshold_sweep import DatasetClasses, Setting, ShardTask, sweep, sweep_key
 from ..file_io import atomic_write
@@ -313,8 +312,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         results_dir = cache.results_directory(key)
         totals = sweep(tasks, settings, classes, cfg.MODEL.DEVICE, workers, results_dir, bar.update)
     sweep_seconds = time.perf_counter() - start
-    results = [pq_results(t, classes.isthing, classes.names) for t in totals]
-    report = SweepReport(dataset, settings, results, config_setting)
+    report = SweepReport(dataset, classes, settings, totals, config_setting)
     memory_bytes, disk_bytes = cache.bytes_per_image()
     os.makedirs(output, exist_ok=True)
     table = report.table(args.top)
@@ -331,7 +329,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     }
     _write_json(os.path.join(output, "sweep.json"), report.to_json(timing))
     plot_thresholds(report, os.path.join(output, "sweep_thresholds.png"))
-    plot_per_class(report, classes, os.path.join(output, "sweep_per_class.png"))
+    plot_per_class(report, os.path.join(output, "sweep_per_class.png"))
     print(table)
     print(f"\n{output}/best_setting.yaml:\n{report.best_yaml()}")
 

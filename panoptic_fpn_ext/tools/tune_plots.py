@@ -10,7 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..evaluation.pq_errors import STEPS, ErrorAnalysis
-from ..evaluation.threshold_sweep import DatasetClasses, Setting
+from ..evaluation.threshold_sweep import Setting
 from ..file_io import atomic_write
 from .tune_report import GRID_NAMES, SweepReport
 
@@ -85,8 +85,9 @@ def _per_class_bars(ax, names: Sequence[str], series: Dict[str, Sequence[float]]
     ax.grid(axis="x", alpha=0.3)
 
 
-def plot_per_class(report: SweepReport, classes: DatasetClasses, path: str) -> None:
+def plot_per_class(report: SweepReport, path: str) -> None:
     """Per-class PQ at the config's setting and at the best."""
+    classes = report.classes
     labels = {
         "config": report.results[report.config],
         "best": report.results[report.best],

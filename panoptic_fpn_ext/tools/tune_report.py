@@ -9,7 +9,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..evaluation.pq_errors import STEPS, ErrorAnalysis
-from ..evaluation.threshold_sweep import SETTING_KEYS, Setting
+from ..evaluation.pq import PQStatistics, pq_results
+from ..evaluation.threshold_sweep import SETTING_KEYS, DatasetClasses, Setting
 
 __all__ = ["SweepReport", "error_table", "error_json", "parse_grid", "parse_setting"]
 
@@ -20,12 +21,13 @@ DEFAULT_AREA_FACTORS = (0.25, 0.5, 1, 2, 4)
 SUMMARY_KEYS = ("PQ", "SQ", "RQ", "PQ_th", "PQ_st")
 
 
-def _grid_index(name: str) -> int:
+def _grid_index(name: str, item: str) -> int:
+    """The Setting index of the threshold ``name`` (of the ``--grid`` item ``item``)."""
     name = name.lower()
     for index, (short, key) in enumerate(zip(GRID_NAMES, SETTING_KEYS)):
         if name in (short, key.lower(), key.rsplit(".", 1)[1].lower()):
             return index
-    raise ValueError(f"--grid {name}=...: unknown threshold; expected one of {list(GRID_NAMES)}")
+    raise ValueError(f"--grid {item}: unknown threshold; expected one of {list(GRID_NAMES)}")
 
 
 def _values(item: str, text: str) -> List[float]:
@@ -70,7 +72,7 @@ def parse_grid(items: Sequence[str], config_setting: Setting) -> List[Setting]:
         name, sep, text = item.partition("=")
         if not sep:
             raise ValueError(f"--grid {item}: expected KEY=VALUES, e.g. overlap=0.3,0.5,0.7")
-        index = _grid_index(name)
+        index = _grid_index(name, item)
         axes[index] = _check_values(index, _values(item, text), f"--grid {item}")
     axes = [_check_values(i, values, "default grid") for i, values in enumerate(axes)]
     settings = [Setting(*values) for values in itertools.product(*axes)]
@@ -108,12 +110,17 @@ def _fixed_width(rows: Sequence[Sequence[str]]) -> str:
 
 @dataclass
 class SweepReport:
-    """The sweep's results: ``results[k]`` (the PQ evaluator's dict) of ``settings[k]``."""
+    """The sweep's statistics of each setting, and their results (the PQ evaluator's dict)."""
 
     dataset: str
+    classes: DatasetClasses
     settings: List[Setting]
-    results: List[Dict[str, float]]
+    statistics: List[PQStatistics]
     config_setting: Setting
+
+    def __post_init__(self):
+        isthing, names = self.classes.isthing, self.classes.names
+        self.results = [pq_results(s, isthing, names) for s in self.statistics]
 
     @property
     def best(self) -> int:
@@ -162,12 +169,17 @@ class SweepReport:
             "dataset": self.dataset,
             "config_setting": self.config_setting.config(),
             "best_setting": self.settings[self.best].config(),
+            "classes": self.classes.names,
             "settings": [
-                {"setting": s.config(), "panoptic_seg": r}
-                for s, r in zip(self.settings, self.results)
+                {"setting": s.config(), "panoptic_seg": r, "counts": _counts(t)}
+                for s, r, t in zip(self.settings, self.results, self.statistics)
             ],
             **extra,
         }
+
+
+def _counts(statistics: PQStatistics) -> Dict[str, List[int]]:
+    return {key: getattr(statistics, key).tolist() for key in ("tp", "fp", "fn")}
 
 
 def _signed(value: float) -> str:
