@@ -262,3 +262,29 @@ def test_cuda_sweep_equals_a_cuda_evaluation_run(inputs, tmp_path):
         expected, _ = evaluate(DATASET, inputs["weights"], setting, opts=opts)
         assert_same_results(_results(sweep, setting), expected)
     assert torch.cuda.is_available()
+
+
+def test_installed_wheel_tunes_a_dataset_registered_by_the_users_module(
+    installed_plugin, inputs, swept, tmp_path
+):
+    """``python -m panoptic_fpn_ext.tools.tune`` from the installed wheel, outside the
+    repository, the config given by name, the dataset registered by ``--import``."""
+    data = inputs["root"] / "data"
+    (tmp_path / "my_datasets.py").write_text(
+        "from panoptic_fpn_ext.data import register_coco_panoptic_dataset\n"
+        f"register_coco_panoptic_dataset('my_val', {str(data / 'val')!r}, "
+        f"{str(data / 'panoptic_val')!r}, {str(data / 'annotations' / 'panoptic_val.json')!r})\n"
+    )
+    args = ["--config-file", "quick_start/panoptic_fpn_ext_R_18_shapes.yaml", "--dataset"]
+    args += ["my_val", "--import", "my_datasets", "--output", "out", "--grid", "overlap=0.5"]
+    args += ["confidence=0.5", "stuff_area=64", "--opts", *TINY, "MODEL.WEIGHTS"]
+    result = installed_plugin.run_module(
+        "panoptic_fpn_ext.tools.tune", args=[*args, inputs["weights"]], cwd=str(tmp_path)
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "Outputs in out" in result.stdout
+    with open(tmp_path / "out" / "sweep.json") as f:
+        sweep = json.load(f)
+    assert sweep["dataset"] == "my_val"
+    assert_same_results(_results(sweep, (0.5, 0.5, 64)), _results(swept["sweep"], (0.5, 0.5, 64)))
+    assert (tmp_path / "out" / "errors.png").exists()

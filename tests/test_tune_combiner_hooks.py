@@ -88,3 +88,17 @@ def test_threshold_tensors_of_the_wrong_size_are_refused(method):
     short = torch.ones(int(semantic.max()))  # one label short
     with pytest.raises(ValueError, match="stuff_area_limit has shape"):
         combine_panoptic(instances, semantic, 0.5, short, 0.1, method=method)
+
+
+@pytest.mark.gpu
+def test_per_instance_and_per_label_thresholds_on_cuda():
+    instances, semantic, _ = random_case(4, 14)
+    overlaps = torch.rand(14, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    limits = torch.arange(int(semantic.max()) + 1, dtype=torch.float64) * 20 + 1
+    expected = reference_combine(instances, semantic, overlaps.tolist(), limits.tolist(), 0.2)
+    cuda = instances.to("cuda")
+    out_map, out_info = combine_panoptic(
+        cuda, semantic.cuda(), overlaps.cuda(), limits.cuda(), 0.2, method="parallel"
+    )
+    assert torch.equal(out_map.cpu(), expected[0])
+    assert _short(out_info) == expected[1]
