@@ -101,7 +101,8 @@ def test_overlap_step_keeps_what_becomes_a_true_positive_and_gives_back_the_rest
     )
     errors, results = analyze(inputs, gt, (0.5, 0.2, 1))
     assert errors["decisions"][1].tolist() == [0, 1, 0, 0, 0, 0]
-    assert results[1]["PQ_square"] == 0.0 and results[2]["PQ_square"] == pytest.approx(75.0)  # IoU 12 / 16
+    assert results[1]["PQ_square"] == 0.0
+    assert results[2]["PQ_square"] == pytest.approx(75.0)  # IoU 12 / 16
     assert results[2]["PQ_triangle"] == 0.0  # given back: kept, it would be a false positive
     assert errors["statistics"][2].fp[2] == 0
     assert_steps_add_up(results)

@@ -259,7 +259,8 @@ def image_errors(
         with IoU > 0.5 at stage 0.
     """
     gt = _GroundTruthIndex.of(gt_image)
-    decisions = np.zeros((len(STEPS), len(classes.names)), dtype=np.int64)
+    num_classes = len(classes.names)
+    decisions = np.zeros((len(STEPS), num_classes), dtype=np.int64)
     instances, scores = inputs.instances, inputs.instances.scores
     num, labels = len(scores), inputs.instances.pred_classes.cpu().numpy()
     matched = matched_instances(inputs, gt)
@@ -288,8 +289,8 @@ def image_errors(
 
     def keep(relaxed: np.ndarray) -> Combined:
         thresholds = torch.from_numpy(np.where(relaxed, KEEP_IF_ANY_FREE, setting.overlap))
-        return _combine(instances, inputs, thresholds.to(scores.device), setting.stuff_area,
-                        confidence)  # fmt: skip
+        thresholds = thresholds.to(scores.device)
+        return _combine(instances, inputs, thresholds, setting.stuff_area, confidence)
 
     kept, combined = _relax(keep, skipped, true_instances)
     if combined is not None:
@@ -315,7 +316,7 @@ def image_errors(
     changed = (filled != panoptic).flatten()
     given = torch.bincount(gt.index.flatten().long()[changed], minlength=len(gt.area))
     given = given.cpu().numpy()[1:-1]
-    pixels = np.zeros(len(classes.names), dtype=np.int64)
+    pixels = np.zeros(num_classes, dtype=np.int64)
     np.add.at(pixels, gt.categories, given)
     np.add.at(decisions[3], gt.categories, given > 0)
     stages.append((filled, segments_info))
@@ -323,8 +324,7 @@ def image_errors(
         "statistics": [prediction_statistics(stage, gt_image, classes) for stage in stages],
         "decisions": decisions,
         "unlabelled_pixels": pixels,
-        "confusion": _confusion(_Pairs.of(stages[0], gt_image, gt, classes), gt,
-                                len(classes.names)),  # fmt: skip
+        "confusion": _confusion(_Pairs.of(stages[0], gt_image, gt, classes), gt, num_classes),
     }
 
 

@@ -59,19 +59,35 @@ def plot_thresholds(report: SweepReport, path: str) -> None:
             ax.plot([best[column]], [report.results[report.best][key]], "*", color="black", ms=12)
             ax.axvline(config[column], color="grey", linestyle="--", linewidth=1)
             if column == 2 and min(x) > 0 and max(x) / min(x) > 8:
-                ax.set_xscale("log", base=2)
+                ax.set_xscale("log")
+                ax.minorticks_off()
+            if len(x) <= 12:
+                ax.set_xticks(x)
+                ax.set_xticklabels([f"{v:g}" for v in x])
             ax.grid(alpha=0.3)
             if column == 0:
                 ax.set_ylabel(f"{key}, percent")
         others = [f"{GRID_NAMES[i]} {best[i]:g}" for i in range(3) if i != column]
         axes[0][column].set_title(", ".join(others), fontsize=9)
         axes[2][column].set_xlabel(AXIS_LABELS[column])
+    for row in axes:
+        _readable_range(row[0])
     figure.suptitle(
         f"{report.dataset}: PQ against each threshold, the other two at the best setting (*); "
         "dashed: the config's value",
         fontsize=10,
     )
     _save(figure, path)
+
+
+def _readable_range(ax, least: float = 0.2) -> None:
+    """Plain tick labels (no offset), and a y range of at least ``least`` points, so that
+    differences in float rounding do not look like changes."""
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+    low, high = ax.get_ylim()
+    if high - low < least:
+        middle = (low + high) / 2
+        ax.set_ylim(middle - least / 2, middle + least / 2)
 
 
 def _per_class_bars(ax, names: Sequence[str], series: Dict[str, Sequence[float]], colors) -> None:
@@ -86,25 +102,36 @@ def _per_class_bars(ax, names: Sequence[str], series: Dict[str, Sequence[float]]
 
 
 def plot_per_class(report: SweepReport, path: str) -> None:
-    """Per-class PQ at the config's setting and at the best."""
+    """Per-class PQ at the config's setting and at the best (left), and their difference."""
     classes = report.classes
-    labels = {
-        "config": report.results[report.config],
-        "best": report.results[report.best],
-    }
+    config, best = report.results[report.config], report.results[report.best]
     series = {
-        f"{name} {_describe(report.settings[index])}": [
-            labels[name][f"PQ_{c}"] for c in classes.names
-        ]
-        for name, index in (("config", report.config), ("best", report.best))
+        f"config {_describe(report.settings[report.config])}": [
+            config[f"PQ_{c}"] for c in classes.names
+        ],
+        f"best {_describe(report.settings[report.best])}": [
+            best[f"PQ_{c}"] for c in classes.names
+        ],
     }
     names = [f"{c} ({'thing' if t else 'stuff'})" for c, t in zip(classes.names, classes.isthing)]
-    figure = Figure(figsize=(7, 0.45 * len(names) + 1.6))
-    ax = figure.add_subplot(1, 1, 1)
-    _per_class_bars(ax, names, series, ("tab:grey", "tab:blue"))
-    ax.set_xlabel("PQ, percent")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(f"{report.dataset}: per-class PQ, the config's setting and the best", fontsize=10)
+    figure = Figure(figsize=(11, 0.45 * len(names) + 1.8))
+    left, right = figure.subplots(1, 2, sharey=True)
+    _per_class_bars(left, names, series, ("tab:grey", "tab:blue"))
+    values = np.concatenate([v for v in series.values()])
+    low = np.nanmin(values) if np.isfinite(values).any() else 0.0
+    left.set_xlim(max(0.0, low - 0.1 * (100 - low) - 1), 100)
+    left.set_xlabel("PQ, percent")
+    left.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2)
+    gains = [best[f"PQ_{c}"] - config[f"PQ_{c}"] for c in classes.names]
+    right.barh(np.arange(len(names)), gains, color="tab:blue")
+    right.axvline(0, color="black", linewidth=0.8)
+    right.grid(axis="x", alpha=0.3)
+    right.set_xlabel("PQ at the best - at the config's setting, points")
+    figure.suptitle(
+        f"{report.dataset}: per-class PQ, the config's setting and the best (confidence / "
+        "overlap / stuff area)",
+        fontsize=10,
+    )
     _save(figure, path)
 
 
@@ -160,8 +187,8 @@ def plot_confusion(analysis: ErrorAnalysis, dataset: str, path: str) -> None:
     for (i, j), value in np.ndenumerate(counts):
         if value:
             dark = np.log1p(value) > 0.6 * np.log1p(counts.max())
-            ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
-                    color="white" if dark else "black")  # fmt: skip
+            color = "white" if dark else "black"
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=8, color=color)
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=45, ha="right")
     ax.set_yticks(range(len(names)))
@@ -169,6 +196,6 @@ def plot_confusion(analysis: ErrorAnalysis, dataset: str, path: str) -> None:
     ax.set_xlabel("predicted class")
     ax.set_ylabel("ground-truth class")
     figure.colorbar(image, ax=ax, label="log(1 + segments)")
-    ax.set_title(f"{dataset}: segments matched by IoU > 0.5, at {_describe(analysis.setting)}",
-                 fontsize=9)  # fmt: skip
+    setting = _describe(analysis.setting)
+    ax.set_title(f"{dataset}\nsegments matched by IoU > 0.5, at {setting}", fontsize=9)
     _save(figure, path)

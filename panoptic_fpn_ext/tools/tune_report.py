@@ -149,7 +149,8 @@ class SweepReport:
     def _row(self, label: str, k: int, config_pq: float) -> List[str]:
         result = self.results[k]
         metrics = [f"{result[key]:.2f}" for key in SUMMARY_KEYS]
-        return [label, *_setting_cells(self.settings[k]), *metrics, f"{result['PQ'] - config_pq:+.2f}"]
+        gain = f"{result['PQ'] - config_pq:+.2f}"
+        return [label, *_setting_cells(self.settings[k]), *metrics, gain]
 
     def best_yaml(self) -> str:
         """The best setting as a YAML snippet of config keys (merge it over the config)."""
@@ -193,7 +194,8 @@ def error_table(analysis: ErrorAnalysis, dataset: str) -> str:
     results = analysis.stage_results()
     contributions = analysis.contributions()
     changes = analysis.count_changes()
-    setting = ", ".join(f"{k.rsplit('.', 1)[1]} {v:g}" for k, v in analysis.setting.config().items())
+    config = analysis.setting.config()
+    setting = ", ".join(f"{key.rsplit('.', 1)[1]} {value:g}" for key, value in config.items())
     measured, after = results[0], results[-1]
     measured_stats = analysis.stages[0]
     tp, fp, fn = (int(x.sum()) for x in (measured_stats.tp, measured_stats.fp, measured_stats.fn))
@@ -252,7 +254,9 @@ def error_json(analysis: ErrorAnalysis, dataset: str) -> Dict[str, Any]:
                 "tp": int(analysis.stages[0].tp[k]),
                 "fp": int(analysis.stages[0].fp[k]),
                 "fn": int(analysis.stages[0].fn[k]),
-                "decisions_changed": {s: int(analysis.decisions[i, k]) for i, s in enumerate(STEPS)},
+                "decisions_changed": {
+                    s: int(analysis.decisions[i, k]) for i, s in enumerate(STEPS)
+                },
                 "count_changes": {
                     s: dict(zip(("tp", "fp", "fn"), changes[s][:, k].tolist())) for s in STEPS
                 },
