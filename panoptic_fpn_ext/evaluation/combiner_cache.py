@@ -188,6 +188,8 @@ class CombinerCache:
         self.fingerprint = {"cache_version": CACHE_VERSION, **fingerprint}
         manifest = os.path.join(directory, MANIFEST)
         existing = _read_manifest(manifest)
+        if existing is None and self.shards():  # shards of unknown origin: never reused
+            existing = {"manifest": "missing"}
         if existing is not None and existing != self.fingerprint:
             if not rebuild:
                 differing = sorted(
