@@ -37,7 +37,6 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
