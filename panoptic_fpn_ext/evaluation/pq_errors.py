@@ -282,7 +282,7 @@ def image_errors(
         excluded = torch.from_numpy(below & ~admitted).to(scores.device)
         instances = _with_scores(instances, torch.where(excluded, -torch.inf, scores))
         confidence = LOWEST
-    stages.append(combined or stages[-1])
+    stages.append(stages[-1] if combined is None else combined)
     np.add.at(decisions[0], labels[admitted], 1)
     # 2: matched instances skipped by the overlap rule kept while they have a free pixel
     skipped = matched & (~below | admitted) & ~_kept_instances(stages[-1][1], num)
@@ -296,7 +296,7 @@ def image_errors(
     if combined is not None:
         overlap = torch.from_numpy(np.where(kept, KEEP_IF_ANY_FREE, setting.overlap))
         overlap = overlap.to(scores.device)
-    stages.append(combined or stages[-1])
+    stages.append(stages[-1] if combined is None else combined)
     np.add.at(decisions[1], labels[kept], 1)
     # 3: stuff labels removed by the area limit kept when their free pixels are matched (the
     # things do not change, so these free pixels are the segments they become)
