@@ -11,10 +11,12 @@ PY=${VENV:-$ROOT/.venv}/bin/python
 "$PY" benchmarks/bench_inference.py --repeats 7 --profile
 "$PY" benchmarks/bench_train.py --repeats 9
 "$PY" benchmarks/bench_export.py
-# Autocast's PQ needs the quick-start model that `make demo` trains.
+# Autocast's PQ and the threshold sweep need the quick-start model that `make demo` trains.
 WEIGHTS=output/quick_start/model_final.pth
 if [[ -f $WEIGHTS ]]; then
     "$PY" benchmarks/bench_autocast.py --weights "$WEIGHTS"
+    "$PY" benchmarks/bench_tune.py --weights "$WEIGHTS"
 else
-    echo "run_benchmarks: bench_autocast.py NOT run: $WEIGHTS is missing (run make demo first)" >&2
+    echo "run_benchmarks: bench_autocast.py, bench_tune.py NOT run: $WEIGHTS is missing" \
+        "(run make demo first)" >&2
 fi

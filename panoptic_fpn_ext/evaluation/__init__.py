@@ -9,13 +9,18 @@ from .build import (
     semantic_evaluation_dataset,
 )
 from .export import PanopticExporter, export_paths
-from .panoptic_evaluator import PanopticQualityEvaluator, read_panoptic_id_map
+from .panoptic_evaluator import (
+    PanopticQualityEvaluator,
+    read_ground_truth,
+    read_panoptic_id_map,
+)
 from .pq import (
     PanopticPredictionError,
     PQStatistics,
     Segments,
     image_pq_statistics,
     pq_per_category,
+    pq_results,
     pq_summary,
     segments_from_info,
 )
@@ -34,7 +39,9 @@ __all__ = [
     "image_pq_statistics",
     "panoptic_fpn_evaluators",
     "pq_per_category",
+    "pq_results",
     "pq_summary",
+    "read_ground_truth",
     "read_panoptic_id_map",
     "segments_from_info",
     "semantic_evaluation_dataset",

@@ -24,13 +24,20 @@ from .id_index import ground_truth_ids
 from .pq import (
     PanopticPredictionError,
     PQStatistics,
+    Segments,
     image_pq_statistics,
     pq_per_category,
+    pq_results,
     pq_summary,
     segments_from_info,
 )
 
-__all__ = ["PanopticQualityEvaluator", "read_panoptic_id_map", "usable_cores"]
+__all__ = [
+    "PanopticQualityEvaluator",
+    "read_ground_truth",
+    "read_panoptic_id_map",
+    "usable_cores",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +97,37 @@ def read_panoptic_id_map(path: str) -> torch.Tensor:
         PanopticDataError: the file cannot be decoded, or is not 8-bit RGB/RGBA.
     """
     return ground_truth_ids(_read_ground_truth_png(path))
+
+
+def read_ground_truth(
+    record: Mapping[str, Any], num_things: int, num_stuff: int, describe: str
+) -> Tuple[Union[FilteredPng, np.ndarray], Segments]:
+    """A dataset record's GT: its panoptic PNG (see :func:`_read_ground_truth_png`; nothing is
+    written) and its segments, on the CPU.
+
+    Args:
+        record: has "pan_seg_file_name", "segments_info", "height" and "width".
+        num_things, num_stuff: T and S of the dataset.
+        describe: names the image in error messages.
+    Raises:
+        FileNotFoundError, PanopticDataError: the PNG is missing, unreadable or of another size
+            than the record's, or a segment is invalid.
+    """
+    path = record["pan_seg_file_name"]
+    pixels = _read_ground_truth_png(path)
+    if tuple(pixels.shape[:2]) != (record["height"], record["width"]):
+        raise PanopticDataError(
+            f"Panoptic PNG {path} of {describe} is {pixels.shape[0]}x{pixels.shape[1]} "
+            f"(HxW); its record says {record['height']}x{record['width']}"
+        )
+    segments = segments_from_info(
+        record["segments_info"],
+        num_things,
+        num_stuff,
+        f"{describe}: ground truth {path}",
+        error=PanopticDataError,
+    )
+    return pixels, segments
 
 
 def usable_cores() -> int:
@@ -233,22 +271,8 @@ class PanopticQualityEvaluator(DatasetEvaluator):
         return self._records[image_id]
 
     def _ground_truth(self, record: Mapping[str, Any], describe: str):
-        """The record's GT PNG (see :func:`_read_ground_truth_png`) and segments, on the CPU."""
-        path = record["pan_seg_file_name"]
-        pixels = _read_ground_truth_png(path)
-        if tuple(pixels.shape[:2]) != (record["height"], record["width"]):
-            raise PanopticDataError(
-                f"Panoptic PNG {path} of {describe} is {pixels.shape[0]}x{pixels.shape[1]} "
-                f"(HxW); its record says {record['height']}x{record['width']}"
-            )
-        segments = segments_from_info(
-            record["segments_info"],
-            self._num_things,
-            self._num_stuff,
-            f"{describe}: ground truth {path}",
-            error=PanopticDataError,
-        )
-        return pixels, segments
+        """The record's GT PNG and segments (:func:`read_ground_truth`)."""
+        return read_ground_truth(record, self._num_things, self._num_stuff, describe)
 
     def _image_result(
         self,
@@ -354,18 +378,9 @@ class PanopticQualityEvaluator(DatasetEvaluator):
             )
 
     def _results(self, statistics: PQStatistics) -> Dict[str, float]:
-        summary = pq_summary(statistics, self._isthing)
-        per_category = pq_per_category(statistics)
-        results = {}
-        for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
-            for metric in ("pq", "sq", "rq"):
-                results[f"{metric.upper()}{suffix}"] = 100 * summary[group][metric]
-        for metric in ("pq", "sq", "rq"):
-            for name, value in zip(self._class_names, per_category[metric]):
-                results[f"{metric.upper()}_{name}"] = 100 * float(value)
-        _print_panoptic_results(summary)
-        self._log_per_class(per_category)
-        return results
+        _print_panoptic_results(pq_summary(statistics, self._isthing))
+        self._log_per_class(pq_per_category(statistics))
+        return pq_results(statistics, self._isthing, self._class_names)
 
     def _log_per_class(self, per_category: Dict[str, np.ndarray]) -> None:
         if not logger.isEnabledFor(logging.INFO):

@@ -28,7 +28,7 @@ semantic "things" label). Here both kinds share one axis, the *category index*: 
 """
 
 from dataclasses import dataclass
-from typing import Dict, Tuple, Union
+from typing import Dict, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ __all__ = [
     "image_pq_statistics",
     "image_statistics",
     "pq_per_category",
+    "pq_results",
     "pq_summary",
     "segments_from_info",
 ]
@@ -278,3 +279,27 @@ def pq_summary(statistics: PQStatistics, isthing: np.ndarray) -> Dict[str, Dict[
         }
         summary[name]["n"] = n
     return summary
+
+
+def pq_results(
+    statistics: PQStatistics, isthing: np.ndarray, class_names: Sequence[str]
+) -> Dict[str, float]:
+    """The PQ evaluator's results, in percent: "PQ", "SQ", "RQ", the same with "_th" (things)
+    and "_st" (stuff), and "PQ_<class>", "SQ_<class>", "RQ_<class>" of every class (NaN for a
+    class with no segment).
+
+    Args:
+        statistics: the accumulated statistics.
+        isthing: bool (C,), which categories are things.
+        class_names: C names, in category-index order.
+    """
+    summary = pq_summary(statistics, isthing)
+    per_category = pq_per_category(statistics)
+    results = {}
+    for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
+        for metric in ("pq", "sq", "rq"):
+            results[f"{metric.upper()}{suffix}"] = 100 * summary[group][metric]
+    for metric in ("pq", "sq", "rq"):
+        for name, value in zip(class_names, per_category[metric]):
+            results[f"{metric.upper()}_{name}"] = 100 * float(value)
+    return results

@@ -18,7 +18,7 @@ from typing import NamedTuple, Tuple
 import torch
 from torch.nn import functional as F
 
-from .placement import Placement
+from .placement import Placement, Threshold, label_limits, per_instance
 
 __all__ = ["MaskPixels", "accept_instances", "combine_parallel", "mask_pixels"]
 
@@ -76,7 +76,10 @@ def mask_pixels(masks: torch.Tensor, order: torch.Tensor, rank: torch.Tensor) ->
 
 
 def accept_instances(
-    pairs: MaskPixels, considered: torch.Tensor, num_pixels: int, overlap_threshold: float
+    pairs: MaskPixels,
+    considered: torch.Tensor,
+    num_pixels: int,
+    overlap_threshold: Threshold,
 ) -> Tuple[torch.Tensor, torch.Tensor, int]:
     """Detectron2's accepted instances, and each pixel's owner, by a parallel fixed point.
 
@@ -101,7 +104,8 @@ def accept_instances(
         pairs: from :func:`mask_pixels`.
         considered: bool (N,) by rank: the instances that may be accepted.
         num_pixels: H * W.
-        overlap_threshold: the largest taken share (0..1) of a mask that still accepts it.
+        overlap_threshold: the largest taken share (0..1) of a mask that still accepts it; or
+            float64 (N,) by rank, one per instance, on ``considered``'s device.
     Returns:
         accepted: bool (N,) by rank.
         owner: int64 (H * W,), the rank of the accepted instance owning each pixel, N if none.
@@ -126,11 +130,12 @@ def _round(
     allowed: torch.Tensor,
     area: torch.Tensor,
     free: torch.Tensor,
-    overlap_threshold: float,
+    overlap_threshold: Threshold,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """One round of :func:`accept_instances`: the owners under ``accepted`` and the decisions
     they imply. ``allowed``: bool (N,) considered and non-empty; ``area``: int64 (N,) mask areas;
-    ``free``: int64 (H * W,) filled with N. Returns (int64 (H * W,) owners, bool (N,))."""
+    ``free``: int64 (H * W,) filled with N; ``overlap_threshold``: a number or float64 (N,) by
+    rank. Returns (int64 (H * W,) owners, bool (N,))."""
     claims = torch.where(accepted[pairs.ranks], pairs.ranks, len(accepted))
     owner = free.scatter_reduce(0, pairs.pixels, claims, reduce="amin")
     taken = pairs.sums_by_rank((owner[pairs.pixels] < pairs.ranks).long())
@@ -139,10 +144,11 @@ def _round(
 
 
 def _stuff_segments(
-    owner: torch.Tensor, semantic: torch.Tensor, num: int, stuff_area_limit: float
+    owner: torch.Tensor, semantic: torch.Tensor, num: int, stuff_area_limit: Threshold
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Which labels become stuff segments: present, not 0 ("other"), and not fewer free pixels
-    than ``stuff_area_limit`` (compared in float64, exact for pixel counts).
+    than ``stuff_area_limit`` (compared in float64, exact for pixel counts), or than their own
+    limit when it is a tensor by label (:func:`~.placement.label_limits`).
 
     Args:
         owner: int64 (H * W,) from :func:`accept_instances`; N = ``num`` marks a free pixel.
@@ -156,7 +162,10 @@ def _stuff_segments(
     counts = torch.bincount(semantic * 2 + free, minlength=2)
     counts = F.pad(counts, (0, counts.numel() % 2)).view(-1, 2)
     free_area = counts[:, 1]
-    is_stuff = (counts.sum(dim=1) > 0) & ~(free_area.double() < stuff_area_limit)
+    limits = label_limits(stuff_area_limit, len(free_area))
+    if isinstance(limits, torch.Tensor):
+        limits = limits.to(free_area.device)
+    is_stuff = (counts.sum(dim=1) > 0) & ~(free_area.double() < limits)
     is_stuff[0] = False
     return free, is_stuff, free_area
 
@@ -165,8 +174,8 @@ def combine_parallel(
     masks: torch.Tensor,
     scores: torch.Tensor,
     semantic: torch.Tensor,
-    overlap_threshold: float,
-    stuff_area_limit: float,
+    overlap_threshold: Threshold,
+    stuff_area_limit: Threshold,
     instances_score_threshold: float,
 ) -> Tuple[Placement, int]:
     """:func:`~panoptic_fpn_ext.modeling.combine_panoptic` with a fixed number of operators per
@@ -179,6 +188,8 @@ def combine_parallel(
         masks: bool (N, H, W), on the device of ``semantic``.
         scores: float (N,), on the device Detectron2 would sort them on.
         semantic: integer (H, W) labels >= 0.
+        overlap_threshold, stuff_area_limit: a number, or a tensor by instance (by label), see
+            :func:`~.placement.per_instance` and :func:`~.placement.label_limits`.
     Returns:
         the placement (things by rank, then stuff by label) and the number of fixed-point rounds.
     """
@@ -187,6 +198,9 @@ def combine_parallel(
     order, rank, considered = order.to(device), rank.to(device), considered.to(device)
     num, num_pixels = len(order), semantic.numel()
     pairs = mask_pixels(masks, order, rank)
+    if isinstance(overlap_threshold, torch.Tensor):
+        by_instance = per_instance(overlap_threshold, num).to(device)
+        overlap_threshold = by_instance[order]
     accepted, owner, rounds = accept_instances(pairs, considered, num_pixels, overlap_threshold)
     labels = semantic.flatten().long()
     free, is_stuff, free_area = _stuff_segments(owner, labels, num, stuff_area_limit)

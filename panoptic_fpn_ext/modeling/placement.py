@@ -22,14 +22,22 @@ import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from ..evaluation.jit import jit
 
-__all__ = ["Placement", "combine_sequential", "locate_masks", "candidate_order"]
+__all__ = [
+    "Placement",
+    "Threshold",
+    "candidate_order",
+    "combine_sequential",
+    "label_limits",
+    "locate_masks",
+    "per_instance",
+]
 
 
 # torch integer dtypes the compiled loops read semantic labels in; others are converted to int64
@@ -41,6 +49,10 @@ _LOCATE_CHUNK = 4
 _LABEL_CAPACITY = 4096
 # most thing segments an int16 owner map holds; beyond, it is int32
 _INT16_SEGMENTS = 2**15 - 1
+
+# A combiner threshold: one number for every instance (or label), or a 1-d tensor of one number
+# per instance (or per semantic label), see :func:`per_instance` and :func:`label_limits`
+Threshold = Union[float, torch.Tensor]
 
 
 class Placement(NamedTuple):
@@ -230,6 +242,45 @@ def candidate_order(scores: torch.Tensor, score_threshold: float) -> List[int]:
     return order[:stop].tolist()
 
 
+def per_instance(overlap_threshold: Threshold, num_instances: int) -> torch.Tensor:
+    """float64 (N,) CPU: the overlap threshold of each instance, by instance index.
+
+    Args:
+        overlap_threshold: one number for all, or a 1-d tensor of N numbers (e.g. a relaxed
+            threshold for chosen instances, as the PQ error analysis uses).
+    Raises:
+        ValueError: a tensor of another shape.
+    """
+    if not isinstance(overlap_threshold, torch.Tensor):
+        return torch.full((num_instances,), float(overlap_threshold), dtype=torch.float64)
+    if overlap_threshold.shape != (num_instances,):
+        raise ValueError(
+            f"combine_panoptic: overlap_threshold has shape {tuple(overlap_threshold.shape)}; "
+            f"expected a number or one per instance ({num_instances},)"
+        )
+    return overlap_threshold.detach().to(device="cpu", dtype=torch.float64)
+
+
+def label_limits(stuff_area_limit: Threshold, num_labels: int) -> Union[float, torch.Tensor]:
+    """The stuff area limit as a number, or float64 (num_labels,) CPU limits by semantic label.
+
+    Args:
+        stuff_area_limit: one number for all labels, or a 1-d tensor with one limit per label
+            0..L-1, L >= ``num_labels`` (the largest label in the map + 1).
+    Raises:
+        ValueError: a tensor that is not 1-d or has fewer than ``num_labels`` entries.
+    """
+    if not isinstance(stuff_area_limit, torch.Tensor):
+        return stuff_area_limit
+    if stuff_area_limit.dim() != 1 or len(stuff_area_limit) < num_labels:
+        raise ValueError(
+            f"combine_panoptic: stuff_area_limit has shape {tuple(stuff_area_limit.shape)}; "
+            f"expected a number or one limit per semantic label, at least {num_labels} (the "
+            "largest label + 1)"
+        )
+    return stuff_area_limit[:num_labels].detach().to(device="cpu", dtype=torch.float64)
+
+
 def _clip_boxes(mask_boxes: torch.Tensor, order: List[int], height: int, width: int) -> np.ndarray:
     """int64 (K, 4): ``mask_boxes[order]`` clipped to the image."""
     boxes = mask_boxes[order].long()
@@ -258,17 +309,18 @@ def _claim(mask_row, owner_row, segment_id):
 
 
 @jit
-def _place_instances(masks, order, boxes, overlap_threshold, owner, keep, next_id):
+def _place_instances(masks, order, boxes, overlap_thresholds, owner, keep, next_id):
     """Let the candidates claim pixels in ``order``; kept ones become segments ``next_id``, ...
 
     Candidate ``k`` (``masks[order[k]]``, inside ``boxes[k]``) is kept when its mask is non-empty
-    and at most ``overlap_threshold`` of it is already claimed (Detectron2's test, in float64 as
-    Python computes it); it then writes its segment id into its free pixels.
+    and at most ``overlap_thresholds[k]`` of it is already claimed (Detectron2's test, in float64
+    as Python computes it); it then writes its segment id into its free pixels.
 
     Args:
         masks: uint8 (N, H, W), 0 or 1.
         order: int64 (K,) indices into ``masks``, best first.
         boxes: int64 (K, 4) rectangles (x0, y0, x1, y1) inside the image, each containing its mask.
+        overlap_thresholds: float64 (K,), each candidate's threshold.
         owner: integer (H, W), 0 where free; the segment ids are written in place.
         keep: bool (K,), set for the kept candidates.
     Returns:
@@ -282,7 +334,7 @@ def _place_instances(masks, order, boxes, overlap_threshold, owner, keep, next_i
             row_area, row_taken = _count_taken(mask[y, x0:x1], owner[y, x0:x1])
             area += row_area
             taken += row_taken
-        if area > 0 and not taken * 1.0 / area > overlap_threshold:
+        if area > 0 and not taken * 1.0 / area > overlap_thresholds[k]:
             keep[k] = True
             for y in range(y0, y1):
                 _claim(mask[y, x0:x1], owner[y, x0:x1], next_id)
@@ -381,18 +433,24 @@ def _coded_pixels(
 
 
 def _stuff_labels(
-    free: np.ndarray, total: np.ndarray, stuff_area_limit: float
+    free: np.ndarray, total: np.ndarray, stuff_area_limit: Threshold
 ) -> Tuple[List[int], List[int]]:
     """The labels that become stuff segments, ascending, and their free areas.
 
     A label does when it occurs in the map, is not 0 ("other"), and its free pixels are not fewer
-    than ``stuff_area_limit`` (Detectron2's test, as Python numbers).
+    than ``stuff_area_limit`` (Detectron2's test, as Python numbers), or than its own entry of
+    ``stuff_area_limit`` when that is a tensor of limits by label (see :func:`label_limits`).
     """
     free, total = free.tolist(), total.tolist()
+    limits = label_limits(stuff_area_limit, len(free))
+    if isinstance(limits, torch.Tensor):
+        limits = limits.tolist()
+    else:
+        limits = [limits] * len(free)
     labels = [
         label
         for label in range(1, len(free))
-        if total[label] > 0 and not free[label] < stuff_area_limit
+        if total[label] > 0 and not free[label] < limits[label]
     ]
     return labels, [free[label] for label in labels]
 
@@ -401,8 +459,8 @@ def combine_sequential(
     masks: torch.Tensor,
     scores: torch.Tensor,
     semantic: torch.Tensor,
-    overlap_threshold: float,
-    stuff_area_limit: float,
+    overlap_threshold: Threshold,
+    stuff_area_limit: Threshold,
     instances_score_threshold: float,
     mask_boxes: Optional[torch.Tensor] = None,
 ) -> Placement:
@@ -413,12 +471,15 @@ def combine_sequential(
         masks: CPU bool (N, H, W).
         scores: float (N,).
         semantic: CPU integer (H, W) labels >= 0.
+        overlap_threshold, stuff_area_limit: a number, or a tensor by instance (by label), see
+            :func:`per_instance` and :func:`label_limits`.
         mask_boxes: optional integer (N, 4) rectangles (x0, y0, x1, y1) containing the masks;
             located with :func:`locate_masks` when not given.
     """
     height, width = semantic.shape
     order = candidate_order(scores, instances_score_threshold)
     ranked = np.asarray(order, dtype=np.int64)
+    thresholds = per_instance(overlap_threshold, len(scores)).numpy()[ranked]
     owner_dtype = np.int16 if len(order) <= _INT16_SEGMENTS else np.int32
     owner = np.zeros((height, width), dtype=owner_dtype)
     keep = np.zeros(len(order), dtype=np.bool_)
@@ -427,12 +488,12 @@ def combine_sequential(
         locating, next_id = _Locating(masks, ranked), 1
         for k, part in enumerate(locating.chunks):
             boxes = locating.located(k)
-            args = (ranked[part], boxes, overlap_threshold, owner, keep[part], next_id)
+            args = (ranked[part], boxes, thresholds[part], owner, keep[part], next_id)
             next_id = _place_instances(masks_np, *args)
         locating.finish()
     else:
         boxes = _clip_boxes(mask_boxes, order, height, width)
-        next_id = _place_instances(masks_np, ranked, boxes, overlap_threshold, owner, keep, 1)
+        next_id = _place_instances(masks_np, ranked, boxes, thresholds, owner, keep, 1)
     num_things = next_id - 1
     panoptic = torch.empty((height, width), dtype=torch.int32)
     free, total = _coded_pixels(semantic, owner, panoptic.numpy())

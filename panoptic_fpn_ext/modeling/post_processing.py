@@ -23,7 +23,7 @@ import torch
 from detectron2.structures import Instances
 
 from .fixed_point import combine_parallel
-from .placement import Placement, combine_sequential
+from .placement import Placement, Threshold, combine_sequential
 
 __all__ = ["combine_panoptic", "paste_regions", "semantic_labels"]
 
@@ -91,8 +91,8 @@ def _segments_info(instance_results: Instances, placement: Placement) -> List[Se
 def combine_panoptic(
     instance_results: Instances,
     semantic_results: torch.Tensor,
-    overlap_threshold: float,
-    stuff_area_limit: float,
+    overlap_threshold: Threshold,
+    stuff_area_limit: Threshold,
     instances_score_threshold: float,
     mask_boxes: Optional[torch.Tensor] = None,
     method: str = "auto",
@@ -116,8 +116,13 @@ def combine_panoptic(
             nonzero entries are the mask).
         semantic_results: integer (H, W) semantic labels >= 0 (0 = "other", stuff 1..S), e.g.
             the argmax of the semantic logits. Its device is the device of the result.
-        overlap_threshold: largest taken share (0..1) of an instance's mask that still keeps it.
-        stuff_area_limit: fewest free pixels a stuff segment may have.
+        overlap_threshold: largest taken share (0..1) of an instance's mask that still keeps it;
+            or a float64 (N,) tensor, one threshold per instance (by instance index).
+        stuff_area_limit: fewest free pixels a stuff segment may have; or a float64 (L,)
+            tensor, one limit per semantic label, L > the largest label. The tensor forms are a
+            hook for analyses that change a decision for chosen instances or labels only
+            (:mod:`panoptic_fpn_ext.evaluation.pq_errors`); a tensor whose entries are all equal
+            gives the same output as that number.
         instances_score_threshold: lowest score of an instance that is considered.
         mask_boxes: optional integer (N, 4) pixel rectangles (x0, y0, x1, y1), half-open, each
             containing every nonzero pixel of its mask (for masks pasted by Detectron2, see
