@@ -16,7 +16,6 @@ __all__ = [
     "PanopticPNG",
     "id2rgb",
     "read_image_file",
-    "read_panoptic_png",
     "rgb2id",
 ]
 
@@ -156,27 +155,3 @@ def _check_png_segments(record: dict, segment_ids: np.ndarray) -> None:
             f"its segments_info: ids in the PNG but not in the JSON: {sorted(in_png - in_json)}; "
             f"ids in the JSON but not in the PNG: {sorted(in_json - in_png)}"
         )
-
-
-def read_panoptic_png(record: dict) -> PanopticPNG:
-    """Read and validate the panoptic PNG of a dataset record.
-
-    Args:
-        record: a dataset dict with "pan_seg_file_name", "segments_info", "height", "width",
-            "image_id" and "file_name" (the format of the plugin's loaders).
-    Returns:
-        the PNG's segments; every non-void id of the PNG is in ``segments_info`` and vice versa.
-    Raises:
-        FileNotFoundError: the PNG does not exist.
-        PanopticDataError: the PNG cannot be read, its size differs from the record's
-            height/width, or its segment ids differ from those of ``segments_info``.
-    """
-    path = record["pan_seg_file_name"]
-    if not PathManager.isfile(path):
-        raise FileNotFoundError(f"Panoptic PNG {path} of {_describe(record)} does not exist")
-    ids = rgb2id(read_image_file(path, "RGB"))
-    segment_ids, inverse = np.unique(ids, return_inverse=True)
-    png = PanopticPNG(segment_ids, inverse.reshape(ids.shape).astype(np.int64))
-    _check_png_size(record, png.index_map)
-    _check_png_segments(record, png.segment_ids)
-    return png
