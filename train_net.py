@@ -37,6 +37,7 @@ from detectron2.utils import comm
 
 from panoptic_fpn_ext import (
     add_panoptic_fpn_ext_config,
+    check_datasets,
     merge_config_file,
     merge_config_list,
     validate_config,
@@ -136,13 +137,16 @@ def _same_weights(a: str, b: str) -> bool:
 
 
 def setup(args) -> CfgNode:
-    """The validated config, with the weights checked and the output folder chosen, then
-    Detectron2's ``default_setup`` (which writes ``config.yaml`` and the log to OUTPUT_DIR).
+    """The validated config, with the weights checked, the datasets' files checked
+    (``PANOPTIC_FPN_EXT.DATA_CHECK``) and the output folder chosen, then Detectron2's
+    ``default_setup`` (which writes ``config.yaml`` and the log to OUTPUT_DIR).
 
     Nothing is written before every check has passed.
     """
     cfg = build_config(args)
     weights = weights_to_load(cfg, args)
+    datasets = cfg.DATASETS.TEST if args.eval_only else cfg.DATASETS.TRAIN + cfg.DATASETS.TEST
+    check_datasets(cfg, datasets)
     if args.eval_only:
         cfg.MODEL.WEIGHTS = weights  # the checkpoint --resume picked, recorded in config.yaml
         cfg.OUTPUT_DIR = eval_output_dir(cfg.OUTPUT_DIR, weights)

@@ -17,6 +17,7 @@ from .coco_panoptic import (
     panoptic_metadata_from_categories,
     register_coco_panoptic_dataset,
 )
+from .dataset_check import check_datasets, check_records
 from .dataset_mapper import PanopticDatasetMapper, semantic_from_panoptic, semantic_label
 from .cropped_masks import CroppedMasks
 from .panoptic_io import PanopticDataError, PanopticPNG, id2rgb, read_image_file, rgb2id
@@ -35,6 +36,8 @@ __all__ = [
     "PanopticDatasetMapper",
     "PanopticPNG",
     "SHAPES_CATEGORIES",
+    "check_datasets",
+    "check_records",
     "cityscapes_panoptic_metadata",
     "datasets_root",
     "ensure_shapes_dataset",

@@ -30,6 +30,7 @@ from detectron2.structures import Boxes, Instances
 
 from ..evaluation.jit import jit
 from .cropped_masks import CroppedMasks
+from .dataset_check import check_datasets
 from .panoptic_io import PanopticDataError, read_image_file
 from .panoptic_png import read_segment_indices
 
@@ -267,16 +268,20 @@ class PanopticDatasetMapper:
     def from_config(cls, cfg, is_train: bool = True) -> Dict:
         """Resize (INPUT.MIN_SIZE_*/MAX_SIZE_*), then crop (INPUT.CROP.*, training only), then
         flip (INPUT.RANDOM_FLIP, training only); INPUT.FORMAT; MODEL.SEM_SEG_HEAD.IGNORE_VALUE;
-        a compact "sem_seg" for MODEL.META_ARCHITECTURE "PanopticFPNExt".
+        a compact "sem_seg" for MODEL.META_ARCHITECTURE "PanopticFPNExt". In training, the
+        records of DATASETS.TRAIN and DATASETS.TEST are checked first (``check_datasets``,
+        PANOPTIC_FPN_EXT.DATA_CHECK), so that a bad file stops the run before it starts.
 
         Raises:
             ValueError: INPUT.MASK_FORMAT is not "bitmask".
+            PanopticDataError: a dataset has bad files.
         """
         if cfg.INPUT.MASK_FORMAT != "bitmask":
             raise ValueError(
                 f"INPUT.MASK_FORMAT = {cfg.INPUT.MASK_FORMAT!r}: PanopticDatasetMapper makes "
                 "instance masks from panoptic PNGs and needs INPUT.MASK_FORMAT 'bitmask'"
             )
+        check_datasets(cfg, (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST) if is_train else ())
         augmentations = utils.build_augmentation(cfg, is_train)  # [resize, flip if training]
         if is_train and cfg.INPUT.CROP.ENABLED:
             augmentations.insert(1, T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))

@@ -18,6 +18,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
 
 from ..data.coco_panoptic import EVALUATOR_TYPE
+from ..data.dataset_check import check_datasets
 from ..data.dataset_mapper import semantic_from_panoptic
 from ..registration import register_dataset_once
 from .panoptic_evaluator import PanopticQualityEvaluator
@@ -125,7 +126,10 @@ def build_panoptic_fpn_evaluators(
             as Detectron2's trainers do).
     Returns:
         a ``DatasetEvaluators``.
+    Raises:
+        PanopticDataError: the dataset has bad files (``PANOPTIC_FPN_EXT.DATA_CHECK``).
     """
+    check_datasets(cfg, [dataset_name])
     if output_dir is None:
         output_dir = os.path.join(cfg.OUTPUT_DIR, "inference")
     metadata = MetadataCatalog.get(dataset_name)
