@@ -44,6 +44,7 @@ from detectron2.structures import BitMasks, Boxes
 import coco_like
 from common import command_line, machine_description, update_benchmarks_md
 from panoptic_fpn_ext import PanopticDatasetMapper, add_panoptic_fpn_ext_config
+from panoptic_fpn_ext.data import check_records
 
 CONFIG = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -52,14 +53,17 @@ CONFIG = os.path.join(
 ROUTES = ("plugin", "detectron2")
 NUM_SAMPLED, NUM_FOREGROUND, MASK_SIZE = 512, 128, 28
 ZOO_SECONDS_PER_ITERATION, IMAGES_PER_GPU = 0.3, 2
+COCO_TRAIN_IMAGES = 118287
 
 
-def mappers() -> Dict[str, Callable[[dict], dict]]:
-    """The plugin's mapper and Detectron2's default one, from the COCO R50 config."""
+def mappers(min_sizes: Tuple[int, ...] = ()) -> Dict[str, Callable[[dict], dict]]:
+    """The plugin's mapper and Detectron2's default one, from the COCO R50 config (with
+    ``INPUT.MIN_SIZE_TRAIN`` ``min_sizes`` when given)."""
     cfg = get_cfg()
     add_panoptic_fpn_ext_config(cfg)
     cfg.merge_from_file(CONFIG)
     cfg.DATASETS.TRAIN = cfg.DATASETS.TEST = ()  # the records are given, not registered
+    cfg.INPUT.MIN_SIZE_TRAIN = min_sizes or cfg.INPUT.MIN_SIZE_TRAIN
     detectron2_cfg = cfg.clone()
     detectron2_cfg.INPUT.MASK_FORMAT = "polygon"
     return {
@@ -144,9 +148,188 @@ def measure_pipeline(records: Dict[str, List[dict]], seed: int) -> Dict[str, Dic
     medians = {}
     for route in (*ROUTES, "full-size masks"):
         keys = [k for k, v in per_image[0][route].items() if not isinstance(v, torch.Tensor)]
-        medians[route] = {k: statistics.median(image[route][k] for image in per_image) for k in keys}
+        medians[route] = {
+            k: statistics.median(image[route][k] for image in per_image) for k in keys
+        }
         medians[route]["total"] = statistics.median(
             sum(image[route].get(k, 0) for k in ("mapper", "sampling", "targets"))
             for image in per_image
         )
     return medians
+
+
+# ---------------------------------------------------------------- the dataset check
+
+
+def time_check(records: List[dict], mode: str, threads: int, cache: str = None) -> float:
+    """Seconds of one ``check_records`` call."""
+    start = time.perf_counter()
+    check_records(records, "bench_loader", mode, cache, num_threads=threads)
+    return time.perf_counter() - start
+
+
+def linked_records(records: List[dict], count: int, directory: str) -> List[dict]:
+    """``count`` records whose image and PNG are hard links (distinct paths, as a dataset's
+    files are) to those of ``records``, taken in turn; their segments_info lists are shared."""
+    for sub in ("images", "panoptic"):
+        os.makedirs(os.path.join(directory, sub))
+    linked = []
+    for index in range(count):
+        record = records[index % len(records)]
+        paths = {}
+        for key, sub in (("file_name", "images"), ("pan_seg_file_name", "panoptic")):
+            extension = os.path.splitext(record[key])[1]
+            paths[key] = os.path.join(directory, sub, f"{index:06d}{extension}")
+            os.link(record[key], paths[key])
+        linked.append({**record, **paths, "image_id": index})
+    return linked
+
+
+def measure_check(records: List[dict], scale: int, directory: str) -> Dict[str, float]:
+    """Seconds per image of the full and headers-only checks (no cache) on one thread and on
+    every usable core, best of 3; then, on ``scale`` records of hard-linked files, the full check
+    with an empty cache and the cached re-check (one run each)."""
+    cores = len(os.sched_getaffinity(0))
+    result = {"cores": cores}
+    for mode in ("full", "headers"):
+        time_check(records, mode, cores)  # compile, warm the page cache
+        for threads in (1, cores):
+            best = min(time_check(records, mode, threads) for _ in range(3))
+            result[f"{mode}_{threads}"] = best / len(records)
+    if scale:
+        linked = linked_records(records, scale, os.path.join(directory, "linked"))
+        cache = os.path.join(directory, "cache")
+        result["scale"] = scale
+        result["scale_full"] = time_check(linked, "full", cores, cache)
+        result["scale_cached"] = time_check(linked, "full", cores, cache)
+    return result
+
+
+# ---------------------------------------------------------------- report
+
+
+def print_results(pipeline: Dict[str, Dict[str, float]], check: Dict[str, float]) -> None:
+    for route, row in pipeline.items():
+        print(route, ", ".join(f"{k} {v:.4g}" for k, v in row.items()), "(seconds, bytes)")
+    print("check", ", ".join(f"{k} {v:.4g}" for k, v in check.items()), "(seconds)")
+
+
+def _pipeline_table(pipeline: Dict[str, Dict[str, float]]) -> str:
+    plugin, reference = pipeline["plugin"], pipeline["detectron2"]
+    rows = [
+        ("mapper CPU time, 1 thread (ms)", "mapper", 1000, ".1f"),
+        ("bytes handed to the main process (MB)", "bytes", 1e-6, ".2f"),
+        ("of which instance masks (MB)", "mask_bytes", 1e-6, ".3f"),
+        ("of which sem_seg (MB)", "sem_seg_bytes", 1e-6, ".2f"),
+        ("`gt_masks[sampled]`, 512 proposals (ms)", "sampling", 1000, ".2f"),
+        ("`crop_and_resize`, 128 proposals (ms)", "targets", 1000, ".2f"),
+        ("mapper + mask targets (ms)", "total", 1000, ".1f"),
+    ]
+    lines = [
+        "| per image (median) | plugin | Detectron2 | plugin / Detectron2 | full-size masks |",
+        "|---|---|---|---|---|",
+    ]
+    for label, key, scale, fmt in rows:
+        before = pipeline["full-size masks"].get(key)
+        before = "" if before is None or key == "total" else f"{before * scale:{fmt}}"
+        lines.append(
+            f"| {label} | {plugin[key] * scale:{fmt}} | {reference[key] * scale:{fmt}} | "
+            f"{plugin[key] / reference[key]:.3f}x | {before} |"
+        )
+    return "\n".join(lines)
+
+
+def _throughput(pipeline: Dict[str, Dict[str, float]]) -> str:
+    needed = IMAGES_PER_GPU / ZOO_SECONDS_PER_ITERATION
+    parts = []
+    for route, name in (("plugin", "plugin"), ("detectron2", "Detectron2")):
+        seconds = pipeline[route]["mapper"]
+        parts.append(
+            f"{name} {1 / seconds:.0f} images/s per worker, {needed * seconds:.2f} worker "
+            "cores per GPU"
+        )
+    return (
+        f"One GPU at the model zoo's {ZOO_SECONDS_PER_ITERATION} s/iteration with "
+        f"{IMAGES_PER_GPU} images needs {needed:.1f} images/s: " + "; ".join(parts) + "."
+    )
+
+
+def _scaled(seconds: float, factor: float) -> str:
+    """ " (x factor: seconds * factor s)", or nothing for a factor of 1."""
+    return "" if factor == 1 else f" (x {factor:.1f}: {seconds * factor:.2f} s)"
+
+
+def _check_text(check: Dict[str, float]) -> str:
+    cores = check["cores"]
+    full_1, full_all = check["full_1"] * 1000, check[f"full_{cores}"] * 1000
+    per_core = full_all * cores
+    lines = [
+        "Dataset check (`PANOPTIC_FPN_EXT.DATA_CHECK`) of the same files, no cache: full "
+        f"{full_1:.2f} ms per image on 1 thread, {full_all:.2f} ms per image on {cores} threads "
+        f"({per_core:.2f} ms per image per core; target at most 1 ms, "
+        f"{'met' if per_core <= 1 else 'missed'}); headers only {check['headers_1'] * 1000:.3f} "
+        f"ms on 1 thread, {check[f'headers_{cores}'] * 1000:.3f} ms on {cores}."
+    ]
+    if "scale" in check:
+        factor = COCO_TRAIN_IMAGES / check["scale"]
+        full, cached = check["scale_full"] * factor, check["scale_cached"] * factor
+        lines.append(
+            f"On {check['scale']:,} records (hard links to the generated files: distinct paths, "
+            "files in the page cache; a cold disk adds its reading time): full check "
+            f"{check['scale_full']:.1f} s on {cores} cores{_scaled(check['scale_full'], factor)}, "
+            f"target for COCO train's {COCO_TRAIN_IMAGES:,} images at most 60 s: "
+            f"{'met' if full <= 60 else 'missed'}; cached re-check {check['scale_cached']:.2f} s"
+            f"{_scaled(check['scale_cached'], factor)}, target at most 5 s: "
+            f"{'met' if cached <= 5 else 'missed'}."
+        )
+    return " ".join(lines)
+
+
+def report(args: argparse.Namespace, pipeline, check) -> None:
+    """Write the ``loader-cpu`` block of BENCHMARKS.md."""
+    ratio = pipeline["plugin"]["total"] / pipeline["detectron2"]["total"]
+    update_benchmarks_md(
+        "loader-cpu",
+        "## Training data pipeline on COCO-like data, cpu\n\n"
+        f"`{command_line()}` on {machine_description()}. {args.images} generated COCO-like "
+        "images (480x640 JPEG, median 25 thing instances, some crowd; `benchmarks/coco_like.py`), "
+        "the COCO R50 config's augmentations (shorter side 640-800, flip), the same draw for "
+        "both routes, in alternation. Plugin: `PanopticDatasetMapper` from the COCO-panoptic PNG "
+        '+ JSON. Detectron2: its default `DatasetMapper` on the "separated" files (stuff-only '
+        "PNG + polygons). Mask targets: `gt_masks[sampled]` as `label_and_sample_proposals` does "
+        "it, and `crop_and_resize` of 128 foreground proposals (GT boxes, every other one moved "
+        f"by 10% of its size) as `mask_rcnn_loss` does it, on {torch.get_num_threads()} threads; "
+        "the plugin's targets checked equal to those of `BitMasks` of the same masks "
+        '("full-size masks": the plugin\'s previous structure). GPU: not measured (no GPU on '
+        "this machine).\n\n"
+        + _pipeline_table(pipeline)
+        + f"\n\nPlugin / Detectron2, mapper + mask targets: **{ratio:.3f}x** (target at most "
+        f"1.0x, {'met' if ratio <= 1 else 'missed'}). "
+        + _throughput(pipeline)
+        + "\n\n"
+        + _check_text(check),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--records",
+        type=int,
+        default=COCO_TRAIN_IMAGES,
+        help="records of the dataset check at scale (0: skip)",
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        plugin_records, detectron2_records = coco_like.generate(directory, args.images, args.seed)
+        records = {"plugin": plugin_records, "detectron2": detectron2_records}
+        pipeline = measure_pipeline(records, args.seed)
+        check = measure_check(plugin_records, args.records, directory)
+    print_results(pipeline, check)
+    report(args, pipeline, check)
+
+
+if __name__ == "__main__":
+    main()

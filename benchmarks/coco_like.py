@@ -39,8 +39,10 @@ def _stuff_labels(rng: np.random.Generator, height: int, width: int) -> np.ndarr
     y, x = np.mgrid[:height, :width].astype(np.float32)
     distance = np.empty((num, height, width), dtype=np.float32)
     for k, (sy, sx) in enumerate(seeds):
-        wobble = 25 * np.sin(x / rng.uniform(20, 60) + rng.uniform(0, 6)) * np.cos(
-            y / rng.uniform(20, 60) + rng.uniform(0, 6)
+        wobble = (
+            25
+            * np.sin(x / rng.uniform(20, 60) + rng.uniform(0, 6))
+            * np.cos(y / rng.uniform(20, 60) + rng.uniform(0, 6))
         )
         distance[k] = np.hypot(y - sy, x - sx) + wobble
     return distance.argmin(axis=0)
@@ -174,8 +176,12 @@ def generate(directory: str, num_images: int, seed: int) -> Tuple[List[Dict], Li
         semantic_path = os.path.join(directory, "semantic", name + ".png")
         Image.fromarray(semantic).save(semantic_path)
         height, width = IMAGE_SIZE
-        images.append({"id": image_id, "file_name": name + ".jpg", "height": height, "width": width})
-        annotations.append({"image_id": image_id, "file_name": name + ".png", "segments_info": segments})
+        images.append(
+            {"id": image_id, "file_name": name + ".jpg", "height": height, "width": width}
+        )
+        annotations.append(
+            {"image_id": image_id, "file_name": name + ".png", "segments_info": segments}
+        )
         detectron2_records.append(
             {
                 "file_name": image_path,

@@ -91,7 +91,9 @@ def assert_targets_are_those_of_full_size_masks(out, rng, count=48):
     index = torch.from_numpy(rng.integers(len(instances), size=count))
     boxes = instances.gt_boxes.tensor[index].clone()
     size = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
-    boxes[count // 3 :] += torch.from_numpy(rng.normal(0, 0.2, (count - count // 3, 4))).float() * size[count // 3 :]
+    boxes[count // 3 :] += (
+        torch.from_numpy(rng.normal(0, 0.2, (count - count // 3, 4))).float() * size[count // 3 :]
+    )
     boxes[2 * count // 3 :] = boxes[2 * count // 3 :].round()
     boxes = torch.cat([boxes[:, :2].minimum(boxes[:, 2:]), boxes[:, :2].maximum(boxes[:, 2:])], 1)
     expected = full[index].crop_and_resize(boxes, 28)
@@ -449,7 +451,9 @@ def test_random_panoptic_maps_keep_the_invariants(data, panoptic):
     # Every visible non-crowd thing segment is exactly one instance whose mask is its pixels.
     assert output_instances(out) == reference_instances
     assert_boxes_are_tight(out)
-    assert_targets_are_those_of_full_size_masks(out, np.random.default_rng(data.draw(st.integers(0, 99))))
+    assert_targets_are_those_of_full_size_masks(
+        out, np.random.default_rng(data.draw(st.integers(0, 99)))
+    )
     if not transforms.transforms:
         expected = sorted(
             (s["category_id"], (ids == s["id"]).tobytes())
@@ -479,7 +483,12 @@ def coco_like_scene(rng, height, width):
         isthing = bool(label >= 10)
         category = int(rng.integers(0, 3)) if isthing else int(label)
         segments.append(
-            {"id": int(pool[label]), "isthing": isthing, "iscrowd": int(label == crowd), "category_id": category}
+            {
+                "id": int(pool[label]),
+                "isthing": isthing,
+                "iscrowd": int(label == crowd),
+                "category_id": category,
+            }
         )
     return ids, segments
 

@@ -48,7 +48,9 @@ def verdict_key(path: str, check: str, expectation: str) -> Optional[bytes]:
         status = os.stat(path)
     except OSError:
         return None
-    text = f"{check}\0{os.path.abspath(path)}\0{status.st_size}\0{status.st_mtime_ns}\0{expectation}"
+    text = (
+        f"{check}\0{os.path.abspath(path)}\0{status.st_size}\0{status.st_mtime_ns}\0{expectation}"
+    )
     return hashlib.blake2b(text.encode(), digest_size=DIGEST_BYTES).digest()
 
 

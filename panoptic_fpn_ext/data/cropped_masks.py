@@ -12,7 +12,7 @@ Like Detectron2's ``PolygonMasks``, the structure stays on the CPU whatever ``.t
 asks, and ``crop_and_resize`` returns its targets on the device of the boxes.
 """
 
-from typing import Any, Iterable, List, Union
+from typing import Any, List, Union
 
 import numpy as np
 import torch
