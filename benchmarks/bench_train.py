@@ -129,12 +129,12 @@ def _to_device(batch: List[Dict], device: str) -> List[Dict]:
 def coco_batches(device: str, seed: int = 0) -> Dict[str, List[Dict]]:
     """Batches of 2 COCO-like images (see the module): "reference" from Detectron2's route,
     "plugin" from the plugin's, "bitmasks" the plugin's with ``BitMasks`` and int64 sem_seg."""
-    routes = bench_loader.mappers(min_sizes=(COCO_MIN_SIZE,))
+    mappers = bench_loader.mappers(min_sizes=(COCO_MIN_SIZE,))
     batches = {"reference": [], "plugin": []}
     with tempfile.TemporaryDirectory() as directory:
-        plugin_records, detectron2_records = coco_like.generate(directory, 2, seed)
-        for draw, records in enumerate(zip(plugin_records, detectron2_records)):
-            for route, mapper, record in zip(batches, routes.values(), records):
+        records = dict(zip(("plugin", "reference"), coco_like.generate(directory, 2, seed)))
+        for route, mapper in (("plugin", mappers["plugin"]), ("reference", mappers["detectron2"])):
+            for draw, record in enumerate(records[route]):
                 batches[route].append(bench_loader.timed_map(mapper, record, seed + draw)[0])
     batches["bitmasks"] = []
     for example in batches["plugin"]:

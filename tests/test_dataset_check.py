@@ -4,22 +4,27 @@ and evaluators' hooks run it."""
 
 import json
 import os
+import re
 import uuid
 
 import numpy as np
 import pytest
+from detectron2.config import get_cfg
 from PIL import Image
 
 import train_net
+from panoptic_fpn_ext import add_panoptic_fpn_ext_config, validate_config
 from panoptic_fpn_ext.data import (
     PanopticDataError,
+    PanopticDatasetMapper,
+    check_datasets,
     check_records,
+    dataset_check,
     generate_shapes_dataset,
     id2rgb,
     load_shapes_dataset,
     register_coco_panoptic_dataset,
 )
-from panoptic_fpn_ext.data import dataset_check
 from panoptic_fpn_ext.data.check_cache import VerdictCache
 from panoptic_fpn_ext.data.synthetic import shapes_paths
 
@@ -185,3 +190,27 @@ def test_train_net_refuses_bad_data_before_writing_anything(tmp_path, monkeypatc
     for text in [f"Dataset '{name}'", *expected]:
         assert text in str(error.value), text
     assert not out.exists()
+
+
+def test_config_key_defaults_to_full_and_names_itself_when_wrong():
+    cfg = get_cfg()
+    add_panoptic_fpn_ext_config(cfg)
+    assert cfg.PANOPTIC_FPN_EXT.DATA_CHECK == "full"
+    cfg.PANOPTIC_FPN_EXT.DATA_CHECK = "fast"
+    with pytest.raises(ValueError, match=re.escape("PANOPTIC_FPN_EXT.DATA_CHECK = 'fast'")):
+        validate_config(cfg)
+
+
+def test_check_datasets_follows_the_config_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    name, _ = _registered_broken_dataset(tmp_path)
+    cfg = get_cfg()
+    add_panoptic_fpn_ext_config(cfg)
+    cfg.PANOPTIC_FPN_EXT.DATA_CHECK = "off"
+    check_datasets(cfg, [name])  # nothing checked
+    cfg.PANOPTIC_FPN_EXT.DATA_CHECK = "full"
+    with pytest.raises(PanopticDataError, match=f"Dataset '{name}'"):
+        check_datasets(cfg, [name])
+    cfg.DATASETS.TRAIN, cfg.INPUT.MASK_FORMAT = (name,), "bitmask"
+    with pytest.raises(PanopticDataError, match=f"Dataset '{name}'"):  # a failure is not kept
+        PanopticDatasetMapper(cfg, is_train=True)

@@ -17,9 +17,9 @@ from .coco_panoptic import (
     panoptic_metadata_from_categories,
     register_coco_panoptic_dataset,
 )
+from .cropped_masks import CroppedMasks
 from .dataset_check import check_datasets, check_records
 from .dataset_mapper import PanopticDatasetMapper, semantic_from_panoptic, semantic_label
-from .cropped_masks import CroppedMasks
 from .panoptic_io import PanopticDataError, PanopticPNG, id2rgb, read_image_file, rgb2id
 from .panoptic_png import read_panoptic_png
 from .synthetic import (
