@@ -44,6 +44,7 @@ from torch import nn
 
 from panoptic_fpn_ext import (
     add_panoptic_fpn_ext_config,
+    check_datasets,
     merge_config_file,
     merge_config_list,
     validate_config,
@@ -177,10 +178,13 @@ def _same_weights(a: str, b: str) -> bool:
 
 
 def checked_config(args) -> CfgNode:
-    """The validated, frozen config, with the weights checked and, for ``--eval-only``, the
-    weights and output folder chosen. Writes nothing."""
+    """The validated, frozen config, with the weights checked, the datasets' files checked
+    (``PANOPTIC_FPN_EXT.DATA_CHECK``) and, for ``--eval-only``, the weights and output folder
+    chosen. Writes nothing."""
     cfg = build_config(args)
     weights = weights_to_load(cfg, args)
+    datasets = cfg.DATASETS.TEST if args.eval_only else cfg.DATASETS.TRAIN + cfg.DATASETS.TEST
+    check_datasets(cfg, datasets)
     if args.eval_only:
         cfg.MODEL.WEIGHTS = weights  # the checkpoint --resume picked, recorded in config.yaml
         cfg.OUTPUT_DIR = eval_output_dir(cfg.OUTPUT_DIR, weights)

@@ -1,12 +1,21 @@
 """Training-iteration time and peak memory: PanopticFPNExt vs Detectron2's PanopticFPN.
 
-    python benchmarks/bench_train.py [--device cpu|cuda] [--amp] [--size H W] [--repeats 3]
+    python benchmarks/bench_train.py [--case shapes|coco] [--device cpu|cuda] [--amp] [--size H W]
+        [--repeats 3]
 
 One iteration = forward with losses, backward of their sum, and an SGD step (Detectron2's
 ``build_optimizer``: momentum 0.9, weight decay 1e-4), on a fixed batch of 2 synthetic "shapes"
 scenes in Detectron2's training input format (BGR uint8 image, ``Instances`` with gt_boxes,
 gt_classes and bitmask gt_masks, int64 ``sem_seg`` with 0 = things, stuff 1..3, 255 = void).
 Default size: 384x640 on CPU (an 800x1333 iteration takes minutes on 2 cores), 800x1333 on CUDA.
+
+``--case coco``: 2 generated COCO-like images (``coco_like.py``: median 25 thing instances),
+shorter side 800 (800x1067), as each route's own data pipeline gives them: Detectron2's default
+``DatasetMapper`` on the "separated" files (polygon masks, int64 ``sem_seg``) for its model, the
+plugin's ``PanopticDatasetMapper`` (``CroppedMasks``, uint8 ``sem_seg``) for the plugin. The loss
+check then compares the plugin's losses with those of Detectron2's model on the plugin's own
+targets as ``BitMasks`` and int64 ``sem_seg`` (the same targets); times and memory are each
+model's on its own route's batch.
 
 The models come from their COCO panoptic R50-FPN 1x configs with the same weights (Detectron2's
 randomly initialised with a fixed seed and calibrated as in ``bench_inference.py``, then loaded
@@ -29,7 +38,8 @@ with automatic mixed precision (float16 + GradScaler on CUDA, bfloat16 on CPU).
 """
 
 import argparse
-from typing import Dict, List, Tuple
+import tempfile
+from typing import Dict, List, Tuple, Union
 
 import numpy as np
 import torch
@@ -39,6 +49,8 @@ from detectron2.structures import BitMasks, Instances
 from detectron2.utils.events import EventStorage
 from torch import nn
 
+import bench_loader
+import coco_like
 from bench_inference import calibrate, layout_name, model_config, other_layout
 from common import (
     alternating_medians,
@@ -61,6 +73,17 @@ CHANNELS_LAST_LOSS_RTOL = 1e-2
 # The models measured: Detectron2's, the plugin's default config (MEMORY_FORMAT "auto"), the
 # plugin in the layout that "auto" does not pick on the device.
 ROUTES = ("reference", "plugin", "other")
+CASES = ("shapes", "coco")
+COCO_MIN_SIZE = 800
+CASE_TITLES = {"shapes": "2 images of {}x{}", "coco": "2 COCO-like images of ~{}x{}"}
+CASE_BATCHES = {
+    "shapes": 'one batch for all (2 synthetic "shapes" scenes with instance masks and semantic '
+    "targets)",
+    "coco": "each model on its own route's batch of the same 2 generated COCO-like images "
+    "(median 25 thing instances; Detectron2's DatasetMapper on the separated files: polygons, "
+    "int64 sem_seg; the plugin's PanopticDatasetMapper: CroppedMasks, uint8 sem_seg); the loss "
+    "check runs Detectron2's model on the plugin's targets as BitMasks and int64 sem_seg",
+}
 
 
 def make_example(height: int, width: int, seed: int) -> Dict:
@@ -93,12 +116,45 @@ def make_example(height: int, width: int, seed: int) -> Dict:
 
 def make_batch(num_images: int, height: int, width: int, device: str, seed: int = 0) -> List[Dict]:
     """``num_images`` examples from :func:`make_example` (seeds ``seed``, ``seed + 1``, ...)."""
-    batch = [make_example(height, width, seed + k) for k in range(num_images)]
+    return _to_device([make_example(height, width, seed + k) for k in range(num_images)], device)
+
+
+def _to_device(batch: List[Dict], device: str) -> List[Dict]:
     for example in batch:
-        example["instances"] = example["instances"].to(device)
-        example["image"] = example["image"].to(device)
-        example["sem_seg"] = example["sem_seg"].to(device)
+        for key in ("instances", "image", "sem_seg"):
+            example[key] = example[key].to(device)
     return batch
+
+
+def coco_batches(device: str, seed: int = 0) -> Dict[str, List[Dict]]:
+    """Batches of 2 COCO-like images (see the module): "reference" from Detectron2's route,
+    "plugin" from the plugin's, "bitmasks" the plugin's with ``BitMasks`` and int64 sem_seg."""
+    mappers = bench_loader.mappers(min_sizes=(COCO_MIN_SIZE,))
+    batches = {"reference": [], "plugin": []}
+    with tempfile.TemporaryDirectory() as directory:
+        records = dict(zip(("plugin", "reference"), coco_like.generate(directory, 2, seed)))
+        for route, mapper in (("plugin", mappers["plugin"]), ("reference", mappers["detectron2"])):
+            for draw, record in enumerate(records[route]):
+                batches[route].append(bench_loader.timed_map(mapper, record, seed + draw)[0])
+    batches["bitmasks"] = []
+    for example in batches["plugin"]:
+        instances = Instances(example["instances"].image_size, **example["instances"].get_fields())
+        instances.gt_masks = BitMasks(instances.gt_masks.tensor)
+        batches["bitmasks"].append(
+            dict(example, instances=instances, sem_seg=example["sem_seg"].long())
+        )
+    return {route: _to_device(batch, device) for route, batch in batches.items()}
+
+
+def case_batches(case: str, size: Tuple[int, int], device: str, seed: int) -> Tuple[Dict, Dict]:
+    """(the batch each route of :data:`ROUTES` trains on, the batch of its loss check)."""
+    if case == "shapes":
+        batch = make_batch(2, *size, device, seed)
+        batches = {route: batch for route in ROUTES}
+        return batches, batches
+    coco = coco_batches(device, seed)
+    timed = {"reference": coco["reference"], "plugin": coco["plugin"], "other": coco["plugin"]}
+    return timed, {**timed, "reference": coco["bitmasks"]}
 
 
 def build_models(
@@ -178,22 +234,28 @@ def compare_losses(expected: Dict[str, float], actual: Dict[str, float], rtol: f
 
 def measure_time(
     models: Tuple[nn.Module, nn.Module, nn.Module],
-    batch: List[Dict],
+    batches: Union[List[Dict], Dict[str, List[Dict]]],
     repeats: int,
     amp: bool = False,
+    check_batches: Dict[str, List[Dict]] = None,
 ) -> Dict[str, object]:
     """Check the losses, then time training iterations of the models of :data:`ROUTES`.
 
-    The models must hold the same weights; they are trained in place. Their first iterations,
-    from the same RNG state and with TF32 off, give the losses checked (to ``LOSS_RTOL`` in the
-    contiguous layout, ``CHANNELS_LAST_LOSS_RTOL`` in channels-last). Returns {"losses": the
-    reference's first losses, "channels_last_difference": the largest relative loss difference
-    of the channels-last plugin, "plugin_layout" and "other_layout" (``layout_name``), and per
-    route: median seconds per iteration}.
+    ``batches``: one batch for every route, or the batch of each route. The models must hold
+    the same weights; they are trained in place. Their first iterations, on ``check_batches``
+    (default ``batches``), from the same RNG
+    state and with TF32 off, give the losses checked (to ``LOSS_RTOL`` in the contiguous layout,
+    ``CHANNELS_LAST_LOSS_RTOL`` in channels-last); the timed iterations run on ``batches``.
+    Returns {"losses": the reference's first losses, "channels_last_difference": the largest
+    relative loss difference of the channels-last plugin, "plugin_layout" and "other_layout"
+    (``layout_name``), and per route: median seconds per iteration}.
     """
-    trainers = [Trainer(model, batch, amp) for model in models]
+    if isinstance(batches, list):
+        batches = {route: batches for route in ROUTES}
+    check_batches = check_batches or batches
+    checked = [Trainer(m, check_batches[route], amp) for route, m in zip(ROUTES, models)]
     with tf32_disabled():
-        losses, *plugin_losses = (first_losses(trainer) for trainer in trainers)
+        losses, *plugin_losses = (first_losses(trainer) for trainer in checked)
     result = {"losses": losses}
     for route, model, actual in zip(ROUTES[1:], models[1:], plugin_losses):
         result[route + "_layout"] = layout_name(model)
@@ -202,6 +264,7 @@ def measure_time(
         else:
             difference = compare_losses(losses, actual, CHANNELS_LAST_LOSS_RTOL)
             result["channels_last_difference"] = difference
+    trainers = [Trainer(model, batches[route], amp) for route, model in zip(ROUTES, models)]
     times = alternating_medians(trainers, repeats)
     return {**result, **dict(zip(ROUTES, times))}
 
@@ -209,14 +272,16 @@ def measure_time(
 # ---------------------------------------------------------------- peak memory
 
 
-def _memory_probe(route: str, size: Tuple[int, int], device: str, amp: bool, seed: int) -> float:
+def _memory_probe(
+    route: str, case: str, size: Tuple[int, int], device: str, amp: bool, seed: int
+) -> float:
     """In a fresh process: MiB added at the peak of one training iteration of ``route``'s model
     (after a warm-up iteration that allocates the optimizer state)."""
-    batch = make_batch(2, *size, device, seed)
-    models = dict(zip(ROUTES, build_models(batch, device, seed)))
+    batches, _ = case_batches(case, size, device, seed)
+    models = dict(zip(ROUTES, build_models(batches["reference"], device, seed)))
     model = models.pop(route)
     del models
-    trainer = Trainer(model.train(), batch, amp)
+    trainer = Trainer(model.train(), batches[route], amp)
     torch.manual_seed(seed)
     trainer()
     if device == "cuda":
@@ -238,12 +303,13 @@ def measure_all(args: argparse.Namespace) -> List[Dict[str, object]]:
     """One row per precision (fp32, and AMP with ``--amp``): times, losses and peak memory."""
     rows = []
     for amp in (False, True) if args.amp else (False,):
-        batch = make_batch(2, *args.size, args.device, args.seed)
-        row = measure_time(build_models(batch, args.device, args.seed), batch, args.repeats, amp)
-        del batch
+        batches, check = case_batches(args.case, args.size, args.device, args.seed)
+        models = build_models(batches["reference"], args.device, args.seed)
+        row = measure_time(models, batches, args.repeats, amp, check)
+        del batches, check, models
         for route in ROUTES:
             row[route + "_memory"] = in_fresh_process(
-                _memory_probe, route, args.size, args.device, amp, args.seed
+                _memory_probe, route, args.case, args.size, args.device, amp, args.seed
             )
         row["precision"] = "AMP" if amp else "fp32"
         rows.append(row)
@@ -275,7 +341,8 @@ def _table_row(row: Dict[str, object], route: str, label: str) -> str:
 
 
 def report(args: argparse.Namespace, rows: List[Dict[str, object]]) -> None:
-    """Write the ``train-{device}`` block of BENCHMARKS.md."""
+    """Write the ``train-{device}`` block of BENCHMARKS.md (``train-coco-{device}`` for the
+    COCO-like case)."""
     height, width = args.size
     memory = "peak RSS growth" if args.device == "cpu" else "peak allocated growth"
     table = "\n".join(
@@ -304,16 +371,16 @@ def report(args: argparse.Namespace, rows: List[Dict[str, object]]) -> None:
     losses = ", ".join(f"{k} {v:.3g}" for k, v in rows[0]["losses"].items())
     differences = ", ".join(f"{r['channels_last_difference']:.1e}" for r in rows)
     update_benchmarks_md(
-        f"train-{args.device}",
-        f"## Training iteration, R50-FPN, 2 images of {height}x{width}, {args.device}\n\n"
+        "train-" + ("" if args.case == "shapes" else "coco-") + args.device,
+        f"## Training iteration, R50-FPN, {CASE_TITLES[args.case].format(height, width)}, "
+        f"{args.device}\n\n"
         f"`{command_line()}` on {machine_description(args.device)}; median of {args.repeats} "
         "rounds of one iteration per model, alternating. One iteration: forward with losses, "
         "backward, SGD step (Detectron2's build_optimizer). Same weights (random init, seed "
-        f'{args.seed}, calibrated as in bench_inference.py) and batch (2 synthetic "shapes" '
-        "scenes with instance masks and semantic targets); losses of the first iteration "
-        f"checked (with TF32 off on a GPU) equal to {LOSS_RTOL:g} relative in the contiguous "
-        f"layout ({losses}) and to {CHANNELS_LAST_LOSS_RTOL:g} in channels-last (largest "
-        "difference "
+        f"{args.seed}, calibrated as in bench_inference.py), {CASE_BATCHES[args.case]}; losses "
+        f"of the first iteration checked (with TF32 off on a GPU) equal to {LOSS_RTOL:g} "
+        f"relative in the contiguous layout ({losses}) and to {CHANNELS_LAST_LOSS_RTOL:g} in "
+        "channels-last (largest difference "
         f"{differences}: float rounding can reorder near-tied proposals, and so the sampled "
         f"RoIs). Memory: {memory} during one iteration after a warm-up one, each model in a "
         f"fresh process (glibc mmap threshold {PROBE_MMAP_THRESHOLD // 1024} KiB, so that freed "
@@ -328,13 +395,16 @@ def report(args: argparse.Namespace, rows: List[Dict[str, object]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", default="shapes", choices=CASES)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--amp", action="store_true", help="also measure mixed precision")
     parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    if args.size is None:
+    if args.case == "coco":
+        args.size = (COCO_MIN_SIZE, round(COCO_MIN_SIZE * 640 / 480))  # for the title only
+    elif args.size is None:
         args.size = (384, 640) if args.device == "cpu" else (800, 1333)
     report(args, measure_all(args))
 

@@ -17,7 +17,7 @@ from .config import (
     merge_config_list,
     validate_config,
 )
-from .data import PanopticDatasetMapper, register_coco_panoptic_dataset
+from .data import PanopticDatasetMapper, check_datasets, register_coco_panoptic_dataset
 from .evaluation import PanopticQualityEvaluator, build_evaluator, build_panoptic_fpn_evaluators
 from .modeling import (
     PANOPTIC_COMBINER_REGISTRY,

@@ -35,6 +35,7 @@ __all__ = [
 
 EXPORT_FORMATS = ("coco", "cityscapes")
 SEMANTIC_TARGETS = ("stuff_and_other", "all_classes")
+DATA_CHECK_MODES = ("full", "headers", "off")
 # Meta-architectures whose class counts check_class_counts compares with a dataset's metadata.
 SEMANTIC_HEAD_ARCHITECTURES = ("PanopticFPNExt", "PanopticFPN", "SemanticSegmentor")
 ROI_HEADS_ARCHITECTURES = ("PanopticFPNExt", "PanopticFPN", "GeneralizedRCNN")
@@ -84,6 +85,13 @@ def add_panoptic_fpn_ext_config(cfg: CN) -> None:
     # thing pixel, stuff 1..S; Detectron2's order) or "all_classes" for a semantic-only model
     # (stuff 0..S-1 then things S..S+T-1; with MODEL.META_ARCHITECTURE "SemanticSegmentor").
     cfg.PANOPTIC_FPN_EXT.SEMANTIC_TARGET = "stuff_and_other"
+    # Check every record of the plugin's datasets when they are first loaded for training or
+    # evaluation, so that a bad file stops the run before it starts: "full" (files exist, image
+    # and PNG sizes agree with the JSON, every PNG decodes and holds exactly the JSON's segment
+    # ids, every image file is complete), "headers" (existence and sizes only) or "off".
+    # Verdicts are cached per file in $XDG_CACHE_HOME (~/.cache): a restart checks only what
+    # changed. Speed: `python benchmarks/bench_loader.py` (BENCHMARKS.md).
+    cfg.PANOPTIC_FPN_EXT.DATA_CHECK = "full"
     cfg.PANOPTIC_FPN_EXT.EVAL = CN()
     # Prediction files to write next to the metrics, each atomically: any of "coco" (COCO
     # panoptic JSON + PNGs, for the COCO test server) and "cityscapes" (Cityscapes panoptic format).
@@ -234,6 +242,7 @@ def validate_config(cfg: CN) -> None:
     _check_range(cfg, "SOLVER.BASE_LR", 0.0, float("inf"))
     _check_range(cfg, "SOLVER.IMS_PER_BATCH", 1, float("inf"))
     _check_choice(cfg, "PANOPTIC_FPN_EXT.SEMANTIC_TARGET", SEMANTIC_TARGETS)
+    _check_choice(cfg, "PANOPTIC_FPN_EXT.DATA_CHECK", DATA_CHECK_MODES)
     for fmt in cfg.PANOPTIC_FPN_EXT.EVAL.EXPORT_FORMATS:
         if fmt not in EXPORT_FORMATS:
             raise ValueError(

@@ -12,11 +12,13 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import transforms as T
+from detectron2.structures import BitMasks
 from hypothesis import HealthCheck, given, settings
 from PIL import Image
 
 from panoptic_fpn_ext import add_panoptic_fpn_ext_config
 from panoptic_fpn_ext.data import cityscapes_panoptic_metadata
+from panoptic_fpn_ext.data.dataset_mapper import _semantic_dtype
 from panoptic_fpn_ext.data import (
     PanopticDatasetMapper,
     generate_shapes_dataset,
@@ -76,6 +78,26 @@ def assert_boxes_are_tight(out):
     for mask, box in zip(instances.gt_masks.tensor.numpy(), instances.gt_boxes.tensor.tolist()):
         ys, xs = np.nonzero(mask)
         assert box == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
+def assert_targets_are_those_of_full_size_masks(out, rng, count=48):
+    """Mask R-CNN targets of random proposals (GT boxes, moved ones, integer ones) equal those of
+    BitMasks holding the same masks at full size, and the boxes are BitMasks' boxes."""
+    instances = out["instances"]
+    full = BitMasks(instances.gt_masks.tensor)
+    assert torch.equal(instances.gt_boxes.tensor, full.get_bounding_boxes().tensor)
+    if len(instances) == 0:
+        return
+    index = torch.from_numpy(rng.integers(len(instances), size=count))
+    boxes = instances.gt_boxes.tensor[index].clone()
+    size = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
+    boxes[count // 3 :] += (
+        torch.from_numpy(rng.normal(0, 0.2, (count - count // 3, 4))).float() * size[count // 3 :]
+    )
+    boxes[2 * count // 3 :] = boxes[2 * count // 3 :].round()
+    boxes = torch.cat([boxes[:, :2].minimum(boxes[:, 2:]), boxes[:, :2].maximum(boxes[:, 2:])], 1)
+    expected = full[index].crop_and_resize(boxes, 28)
+    assert torch.equal(instances.gt_masks[index].crop_and_resize(boxes, 28), expected)
 
 
 def write_record(directory, ids, segments_info, image=None):
@@ -429,6 +451,9 @@ def test_random_panoptic_maps_keep_the_invariants(data, panoptic):
     # Every visible non-crowd thing segment is exactly one instance whose mask is its pixels.
     assert output_instances(out) == reference_instances
     assert_boxes_are_tight(out)
+    assert_targets_are_those_of_full_size_masks(
+        out, np.random.default_rng(data.draw(st.integers(0, 99)))
+    )
     if not transforms.transforms:
         expected = sorted(
             (s["category_id"], (ids == s["id"]).tobytes())
@@ -436,6 +461,73 @@ def test_random_panoptic_maps_keep_the_invariants(data, panoptic):
             if s["isthing"] and not s["iscrowd"]
         )
         assert output_instances(out) == expected
+
+
+def coco_like_scene(rng, height, width):
+    """A larger scene: stuff bands, then 10-40 blobs from 1 px to half the image painted over one
+    another (touching, hiding, crossing the border), void rings, one crowd region."""
+    y, x = np.mgrid[:height, :width]
+    labels = (y * 3 // height) + 1  # three stuff bands, ids 1-3
+    num_things = int(rng.integers(10, 41))
+    for n in range(num_things):
+        cy, cx = rng.uniform(-0.1, 1.1) * height, rng.uniform(-0.1, 1.1) * width
+        r = np.exp(rng.uniform(np.log(0.6), np.log(height / 2)))
+        inside = ((y - cy) / r) ** 2 + ((x - cx) / (r * rng.uniform(0.5, 2))) ** 2
+        labels[(inside < 1.4) & (inside >= 1) & (rng.uniform() < 0.3)] = 0  # void ring
+        labels[inside < 1 + 0.2 * np.sin(x / 3.0)] = 10 + n
+    ids, segments = np.zeros_like(labels), []
+    pool = rng.choice(np.arange(1, 256**3), size=10 + num_things, replace=False)
+    crowd = 10 + int(rng.integers(num_things))
+    for label in np.unique(labels[labels > 0]):
+        ids[labels == label] = pool[label]
+        isthing = bool(label >= 10)
+        category = int(rng.integers(0, 3)) if isthing else int(label)
+        segments.append(
+            {
+                "id": int(pool[label]),
+                "isthing": isthing,
+                "iscrowd": int(label == crowd),
+                "category_id": category,
+            }
+        )
+    return ids, segments
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_coco_like_scenes_give_the_targets_of_full_size_masks(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    ids, segments = coco_like_scene(rng, 96, 128)
+    height, width = (150, 200) if seed % 2 else (70, 93)
+    transforms = T.TransformList(
+        [T.ResizeTransform(96, 128, height, width)]
+        + ([T.HFlipTransform(width)] if seed < 2 else [])
+        + ([T.CropTransform(5, 3, width - 20, height - 9)] if seed % 3 == 0 else [])
+    )
+    record = write_record(str(tmp_path), ids, segments)
+    out = mapper(transforms.transforms, compact_sem_seg=True)(record)
+    semantic, instances = reference_targets(ids, segments, transforms)
+    assert out["sem_seg"].dtype == torch.uint8
+    np.testing.assert_array_equal(out["sem_seg"].numpy(), semantic)
+    assert output_instances(out) == instances and len(instances) >= 5
+    assert_boxes_are_tight(out)
+    assert_targets_are_those_of_full_size_masks(out, rng, count=128)
+
+
+def test_from_config_makes_sem_seg_compact_for_panoptic_fpn_ext_only(shapes):
+    outputs = {}
+    for architecture in ("PanopticFPNExt", "PanopticFPN", "SemanticSegmentor"):
+        cfg = _cfg(**{"MODEL.META_ARCHITECTURE": architecture, "INPUT.MIN_SIZE_TRAIN": (96,)})
+        np.random.seed(0)
+        outputs[architecture] = PanopticDatasetMapper(cfg, is_train=True)(shapes[0])["sem_seg"]
+    assert outputs["PanopticFPNExt"].dtype == torch.uint8
+    assert outputs["PanopticFPN"].dtype == outputs["SemanticSegmentor"].dtype == torch.int64
+    assert torch.equal(outputs["PanopticFPNExt"].long(), outputs["PanopticFPN"])
+
+
+def test_compact_sem_seg_dtype_holds_every_label():
+    assert _semantic_dtype(np.array([0, 3, 255])) == np.uint8
+    assert _semantic_dtype(np.array([0, 256])) == np.int16
+    assert _semantic_dtype(np.array([2**15])) == np.int64
 
 
 # --- the all-classes target of a semantic-only model ("Semantic FPN") -----------------------

@@ -2,7 +2,7 @@
 
 From the image, the panoptic PNG and ``segments_info`` it makes, on the fly:
 
-* instances: one per non-crowd thing segment, with its bitmask, tight box and contiguous class;
+* instances: one per non-crowd thing segment, with its mask, tight box and contiguous class;
 * the semantic target of Detectron2's Panoptic FPN ("stuff-only"): 0 for every thing pixel
   (crowd included), the contiguous stuff id (1..S) for stuff pixels, the ignore value for void.
 
@@ -12,7 +12,9 @@ preprocessing step. Crowd segments give no instance (as Detectron2's ``DatasetMa
 
 The geometric augmentations are applied once, to the image and to a map of segment indices; the
 semantic target and the instance masks are both read off the transformed index map, so they agree
-with each other pixel for pixel and follow the image.
+with each other pixel for pixel and follow the image. One compiled pass over that map gives the
+semantic target and every segment's box; each instance's mask is then cut out inside its box
+only (:class:`.cropped_masks.CroppedMasks`), never at full image size.
 """
 
 import logging
@@ -24,10 +26,14 @@ from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
-from detectron2.structures import BitMasks, Instances
+from detectron2.structures import Boxes, Instances
 
 from ..config import check_class_counts
-from .panoptic_io import PanopticDataError, read_image_file, read_panoptic_png
+from ..evaluation.jit import jit
+from .cropped_masks import CroppedMasks
+from .dataset_check import check_datasets
+from .panoptic_io import PanopticDataError, read_image_file
+from .panoptic_png import read_segment_indices
 
 __all__ = ["PanopticDatasetMapper", "semantic_from_panoptic", "semantic_label"]
 
@@ -95,50 +101,98 @@ def semantic_from_panoptic(
         int64 (H, W): by default 0 for thing pixels (crowd included), contiguous stuff ids 1..S
         for stuff; ``ignore_value`` for void.
     """
-    png = read_panoptic_png(record)
-    semantic, _ = _segment_tables(png.segment_ids, record, ignore_value, num_stuff_classes)
-    return semantic[png.index_map]
+    segments = read_segment_indices(record)
+    semantic, _ = _segment_tables(segments.segment_ids, record, ignore_value, num_stuff_classes)
+    return semantic[segments.index_map]
 
 
 def _transform_index_map(transforms: T.TransformList, index_map: np.ndarray) -> np.ndarray:
     """Apply geometric transforms to a map of segment indices, nearest-neighbour.
 
     The map goes through ``apply_segmentation`` as uint8, as Detectron2 transforms semantic maps;
-    a map with more than 256 indices goes through one byte plane at a time (every plane takes its
+    a map of more than 256 indices goes through one byte plane at a time (every plane takes its
     pixels from the same places, so the indices are reassembled exactly).
 
     Args:
-        index_map: int64 (H, W), values >= 0.
+        index_map: uint8 or int32 (H, W), values >= 0.
     Returns:
-        int64 (H', W'), the transformed map.
+        (H', W') of the same dtype, C-contiguous.
     """
+    if index_map.dtype == np.uint8:
+        return np.ascontiguousarray(transforms.apply_segmentation(index_map))
     shifts = range(0, max(int(index_map.max()).bit_length(), 1), 8)
-    return sum(
-        transforms.apply_segmentation(((index_map >> s) & 255).astype(np.uint8)).astype(np.int64)
+    planes = (
+        transforms.apply_segmentation(((index_map >> s) & 255).astype(np.uint8)).astype(np.int32)
         << s
         for s in shifts
     )
+    return np.ascontiguousarray(sum(planes))
 
 
-def _instances(index_map: np.ndarray, thing_class: np.ndarray) -> Instances:
-    """Instances of the thing segments visible in ``index_map``.
+@jit
+def _semantic_and_boxes(index_map, semantic_of_index, semantic, boxes):
+    """One pass over the transformed index map: ``semantic[y, x]`` the label of the pixel's
+    index, and for each index its tight box (x0, y0, x1, y1), x1 and y1 exclusive; ``boxes``
+    starts as (W, H, 0, 0) (empty)."""
+    for y in range(index_map.shape[0]):
+        for x in range(index_map.shape[1]):
+            k = index_map[y, x]
+            semantic[y, x] = semantic_of_index[k]
+            boxes[k, 0], boxes[k, 1] = min(boxes[k, 0], x), min(boxes[k, 1], y)
+            boxes[k, 2], boxes[k, 3] = max(boxes[k, 2], x + 1), max(boxes[k, 3], y + 1)
+
+
+@jit
+def _crop_masks(index_map, indices, boxes, offsets, data):
+    """Each index's mask inside its box, row-major from ``data[offsets[n]]``."""
+    for n in range(len(indices)):
+        position = offsets[n]
+        for y in range(boxes[n, 1], boxes[n, 3]):
+            for x in range(boxes[n, 0], boxes[n, 2]):
+                data[position] = index_map[y, x] == indices[n]
+                position += 1
+
+
+def _semantic_dtype(labels: np.ndarray) -> np.dtype:
+    """The smallest of uint8, int16, int64 that holds the labels (and the ignore value)."""
+    largest = int(labels.max(initial=0))
+    return np.dtype(np.uint8 if largest <= 255 else np.int16 if largest < 2**15 else np.int64)
+
+
+def _targets(
+    index_map: np.ndarray, semantic: np.ndarray, thing_class: np.ndarray, compact: bool
+) -> Tuple[torch.Tensor, Instances]:
+    """The semantic target and the instances of a transformed index map.
 
     Args:
-        index_map: int64 (H, W) segment indices, after augmentation.
-        thing_class: int64 (K,) per segment index, -1 for segments that are not instances.
+        index_map: uint8 or int32 (H, W) segment indices, after augmentation.
+        semantic: int64 (K,), the semantic label of each index.
+        thing_class: int64 (K,), the contiguous class of each index, -1 for indices that are
+            not instances.
+        compact: whether the semantic target may have the smallest dtype that holds its labels.
     Returns:
-        ``Instances`` of size (H, W) with gt_masks (``BitMasks`` (N, H, W)), gt_boxes (tight
-        around the masks, XYXY pixels) and gt_classes (int64 (N,)); N may be 0.
+        sem_seg: (H, W), int64 or the compact dtype;
+        ``Instances`` of size (H, W) with gt_masks (``CroppedMasks``), gt_boxes (tight around
+        the masks, XYXY pixels) and gt_classes (int64 (N,)), one per index with a class and a
+        pixel, in index order; N may be 0.
     """
-    indices = np.flatnonzero(thing_class >= 0)
-    masks = index_map[None] == indices[:, None, None]
-    visible = masks.any(axis=(1, 2))
-    masks, indices = masks[visible], indices[visible]
-    instances = Instances(index_map.shape)
-    instances.gt_masks = BitMasks(torch.from_numpy(masks))
-    instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
-    instances.gt_classes = torch.as_tensor(thing_class[indices], dtype=torch.int64)
-    return instances
+    height, width = index_map.shape
+    sem_seg = np.empty((height, width), dtype=_semantic_dtype(semantic) if compact else np.int64)
+    boxes = np.tile(np.array([width, height, 0, 0], dtype=np.int64), (len(semantic), 1))
+    _semantic_and_boxes(index_map, semantic.astype(sem_seg.dtype), sem_seg, boxes)
+    indices = np.flatnonzero((thing_class >= 0) & (boxes[:, 2] > 0))
+    boxes = boxes[indices]
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    offsets = np.cumsum(areas) - areas
+    data = np.empty(int(areas.sum()), dtype=bool)
+    _crop_masks(index_map, indices.astype(index_map.dtype), boxes, offsets, data)
+    instances = Instances((height, width))
+    instances.gt_masks = CroppedMasks(
+        torch.from_numpy(data), torch.from_numpy(offsets), torch.from_numpy(boxes), (height, width)
+    )
+    instances.gt_boxes = Boxes(torch.from_numpy(boxes).to(torch.float32))
+    instances.gt_classes = torch.from_numpy(thing_class[indices])
+    return torch.from_numpy(sem_seg), instances
 
 
 def _image_tensor(image: np.ndarray) -> torch.Tensor:
@@ -164,9 +218,13 @@ class PanopticDatasetMapper:
     Output: the input's keys plus
         "image": Tensor (C, H', W'), the augmented image in ``image_format``, uint8;
         in training also
-        "instances": ``Instances`` with gt_boxes, gt_classes, gt_masks (``BitMasks``), one per
-            non-crowd thing segment still visible after augmentation (possibly none);
-        "sem_seg": int64 Tensor (H', W'): 0 things, 1..S stuff, ``ignore_value`` void.
+        "instances": ``Instances`` with gt_boxes, gt_classes, gt_masks (``CroppedMasks``: the
+            interface of ``BitMasks`` that Detectron2's RoI heads use, each mask stored in its
+            box), one per non-crowd thing segment still visible after augmentation (possibly
+            none);
+        "sem_seg": Tensor (H', W'): 0 things, 1..S stuff, ``ignore_value`` void; int64, or
+            with ``compact_sem_seg`` the smallest of uint8 / int16 / int64 that holds the labels
+            (``PanopticFPNExt`` converts it to int64 on its device).
     At test time the panoptic PNG is not read.
 
     Raises (from ``__call__``): FileNotFoundError for a missing image or PNG, and
@@ -183,6 +241,7 @@ class PanopticDatasetMapper:
         image_format: str,
         ignore_value: int = 255,
         num_stuff_classes: int = 0,
+        compact_sem_seg: bool = False,
     ):
         """
         Args:
@@ -192,8 +251,13 @@ class PanopticDatasetMapper:
             ignore_value: semantic label of void pixels.
             num_stuff_classes: 0 for Panoptic FPN's "stuff-only" semantic target; the dataset's
                 number of stuff classes S for the all-classes target (``semantic_label``).
+            compact_sem_seg: give "sem_seg" the smallest integer dtype that holds its labels
+                (uint8 on COCO and Cityscapes: 1/8 of the bytes handed from a loader worker and
+                copied to the device) instead of int64. Only for a model that converts it, as
+                ``PanopticFPNExt`` does; Detectron2's own meta-architectures need int64.
         """
         self.is_train = is_train
+        self.compact_sem_seg = compact_sem_seg
         self.num_stuff_classes = num_stuff_classes
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
@@ -204,11 +268,15 @@ class PanopticDatasetMapper:
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> Dict:
         """Resize (INPUT.MIN_SIZE_*/MAX_SIZE_*), then crop (INPUT.CROP.*, training only), then
-        flip (INPUT.RANDOM_FLIP, training only); INPUT.FORMAT; MODEL.SEM_SEG_HEAD.IGNORE_VALUE.
+        flip (INPUT.RANDOM_FLIP, training only); INPUT.FORMAT; MODEL.SEM_SEG_HEAD.IGNORE_VALUE;
+        a compact "sem_seg" for MODEL.META_ARCHITECTURE "PanopticFPNExt". In training, the
+        records of DATASETS.TRAIN and DATASETS.TEST are checked first (``check_datasets``,
+        PANOPTIC_FPN_EXT.DATA_CHECK), so that a bad file stops the run before it starts.
 
         Raises:
             ValueError: INPUT.MASK_FORMAT is not "bitmask"; a class count of the model differs
                 from a dataset of DATASETS.TRAIN/TEST (``check_class_counts``).
+            PanopticDataError: a dataset has bad files.
         """
         check_class_counts(cfg, *cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST)
         if cfg.INPUT.MASK_FORMAT != "bitmask":
@@ -216,6 +284,7 @@ class PanopticDatasetMapper:
                 f"INPUT.MASK_FORMAT = {cfg.INPUT.MASK_FORMAT!r}: PanopticDatasetMapper makes "
                 "instance masks from panoptic PNGs and needs INPUT.MASK_FORMAT 'bitmask'"
             )
+        check_datasets(cfg, (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST) if is_train else ())
         augmentations = utils.build_augmentation(cfg, is_train)  # [resize, flip if training]
         if is_train and cfg.INPUT.CROP.ENABLED:
             augmentations.insert(1, T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
@@ -225,6 +294,7 @@ class PanopticDatasetMapper:
             "image_format": cfg.INPUT.FORMAT,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "num_stuff_classes": _num_stuff_classes(cfg),
+            "compact_sem_seg": cfg.MODEL.META_ARCHITECTURE == "PanopticFPNExt",
         }
 
     def __call__(self, dataset_dict: dict) -> dict:
@@ -237,13 +307,14 @@ class PanopticDatasetMapper:
             self.augmentations(aug_input)
             record["image"] = _image_tensor(aug_input.image)
             return record
-        png = read_panoptic_png(record)
+        segments = read_segment_indices(record)
         semantic, thing_class = _segment_tables(
-            png.segment_ids, record, self.ignore_value, self.num_stuff_classes
+            segments.segment_ids, record, self.ignore_value, self.num_stuff_classes
         )
         transforms = self.augmentations(aug_input)
-        index_map = _transform_index_map(transforms, png.index_map)
+        index_map = _transform_index_map(transforms, segments.index_map)
         record["image"] = _image_tensor(aug_input.image)
-        record["sem_seg"] = torch.as_tensor(semantic[index_map])
-        record["instances"] = _instances(index_map, thing_class)
+        record["sem_seg"], record["instances"] = _targets(
+            index_map, semantic, thing_class, self.compact_sem_seg
+        )
         return record

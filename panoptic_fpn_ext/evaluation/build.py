@@ -19,6 +19,7 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvalua
 
 from ..config import check_class_counts
 from ..data.coco_panoptic import EVALUATOR_TYPE
+from ..data.dataset_check import check_datasets
 from ..data.dataset_mapper import semantic_from_panoptic
 from ..logger import log_with_detectron2
 from ..registration import register_dataset_once
@@ -121,8 +122,10 @@ def build_panoptic_fpn_evaluators(
     Raises:
         ValueError: a class count of the model differs from the dataset's
             (``check_class_counts``).
+        PanopticDataError: the dataset has bad files (``PANOPTIC_FPN_EXT.DATA_CHECK``).
     """
     check_class_counts(cfg, dataset_name)
+    check_datasets(cfg, [dataset_name])
     if output_dir is None:
         output_dir = os.path.join(cfg.OUTPUT_DIR, "inference")
     return panoptic_fpn_evaluators(dataset_name, output_dir, **evaluator_options(cfg))

@@ -105,6 +105,8 @@ class PanopticFPNExt(PanopticFPN):
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
         """Detectron2's ``PanopticFPN.forward``: the loss dict in training, else ``inference``.
+        In training, "sem_seg" may have any integer dtype (the mapper's compact uint8 / int16):
+        it is moved to the model's device as it is and converted to int64 there.
 
         Raises:
             ValueError: in training, an input without "sem_seg" (the semantic target), e.g. from
@@ -120,6 +122,10 @@ class PanopticFPNExt(PanopticFPN):
                 "cfg, dataset_name, output_folder) (README: 'Training with Detectron2's "
                 "DefaultTrainer')"
             )
+        if self.training:
+            batched_inputs = [
+                dict(x, sem_seg=x["sem_seg"].to(self.device).long()) for x in batched_inputs
+            ]
         return super().forward(batched_inputs)
 
     def _apply(self, fn: Callable, *args, **kwargs) -> "PanopticFPNExt":
