@@ -69,7 +69,7 @@ def _place_instances(
     def claim(rank, owner, kept, claimed_area):
         rows, cols, mask = mask_region(considered.index_select(0, rank.view(1)))
         region = (rows[:, None], cols[None, :])
-        owned = owner[region]
+        owned = owner.index_select(0, rows).index_select(1, cols)
         area = mask.sum()
         new = mask & (owned == 0)
         new_area = new.sum()
@@ -130,19 +130,23 @@ def combine_panoptic_table(
     num_things = kept.sum()
     owner = placed["owner"].long()
 
+    # one histogram of (label, taken) pairs: free pixels per label, then taken ones
     labels = semantic.flatten()
-    free = (owner == 0).flatten().long()
-    total_per_label = torch.zeros(num_semantic_classes, dtype=torch.int64, device=labels.device)
-    total_per_label = total_per_label.scatter_add(0, labels, torch.ones_like(labels))
-    free_per_label = torch.zeros_like(total_per_label).scatter_add(0, labels, free)
+    taken = (owner > 0).flatten().long()
+    pairs = torch.zeros(2 * num_semantic_classes, dtype=torch.int64, device=labels.device)
+    pairs = pairs.scatter_add(0, labels + num_semantic_classes * taken, torch.ones_like(labels))
+    free_per_label = pairs[:num_semantic_classes]
+    total_per_label = free_per_label + pairs[num_semantic_classes:]
     label_range = torch.arange(num_semantic_classes, device=labels.device)
     # Detectron2's test ``not free < stuff_area_limit`` as Python numbers: exact in float64
     is_stuff = (label_range > 0) & (total_per_label > 0)
     is_stuff &= ~(free_per_label.double() < stuff_area_limit)
     stuff_ids = (num_things + is_stuff.long().cumsum(0)) * is_stuff
 
-    thing_lookup = torch.cat([thing_ids.new_zeros(1), thing_ids])[owner]
-    panoptic = torch.where(owner > 0, thing_lookup, stuff_ids[semantic]).int()
+    # the id of each pixel, looked up in [stuff ids by label, thing ids by rank]
+    ids = torch.cat([stuff_ids, thing_ids])
+    index = torch.where(owner > 0, owner + (num_semantic_classes - 1), semantic)
+    panoptic = ids.index_select(0, index.flatten()).view(height, width).int()
 
     order = considered[kept]
     stuff_labels = label_range[is_stuff]

@@ -68,7 +68,9 @@ def _nms_offset_classes(
     gives an empty result, not an error, for no boxes.
     """
     max_coordinate = torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max()
-    offsets = idxs.to(boxes) * (max_coordinate + torch.tensor(1).to(boxes))
+    # torchvision adds ``torch.tensor(1).to(boxes)``: the same float32 sum; a tensor constant
+    # cannot be serialised inside the branch of a torch.cond
+    offsets = idxs.to(boxes) * (max_coordinate + 1)
     return nms(boxes + offsets[:, None], scores, iou)
 
 
@@ -86,8 +88,10 @@ def batched_nms(
     num_classes: int,
     vanilla_above: int,
 ) -> torch.Tensor:
-    """torchvision's ``batched_nms`` (as Detectron2 calls it) with its choice of strategy made
-    on tensors: both strategies run and the one torchvision would pick is returned.
+    """torchvision's ``batched_nms`` (as Detectron2 calls it), with its choice of strategy made
+    on a tensor when exported: ``torch.cond`` then runs the strategy torchvision would pick (in
+    eager mode a Python branch does; ``torch.cond`` would compile the call there, with
+    torchvision's fake NMS, which assumes that at least two boxes are kept).
 
     Args:
         boxes: float (N, 4), non-negative coordinates; scores: float (N,);
@@ -96,12 +100,22 @@ def batched_nms(
     Returns:
         int64 (K,) indices of the kept boxes, by decreasing score.
     """
+
+    def per_class(boxes, scores, idxs):
+        keep = _nms_per_class(boxes, scores, idxs, iou_threshold, num_classes)
+        return _as_ranks(keep, scores.shape[0])
+
+    def offset(boxes, scores, idxs):
+        return _as_ranks(_nms_offset_classes(boxes, scores, idxs, iou_threshold), scores.shape[0])
+
     boxes = boxes.float()
     count = scores.shape[0]
-    per_class = _as_ranks(_nms_per_class(boxes, scores, idxs, iou_threshold, num_classes), count)
-    offset = _as_ranks(_nms_offset_classes(boxes, scores, idxs, iou_threshold), count)
+    # torchvision tests boxes.numel(); a tensor here, so that export takes no guard on the size
     numel = torch.ones_like(scores, dtype=torch.int64).sum() * 4
-    ranks = torch.where(numel > vanilla_above, per_class, offset)
+    if torch.compiler.is_exporting():
+        ranks = torch.cond(numel > vanilla_above, per_class, offset, (boxes, scores, idxs))
+    else:
+        ranks = (per_class if numel > vanilla_above else offset)(boxes, scores, idxs)
     sorted_ranks, positions = ranks.sort(stable=True)
     return positions[sorted_ranks < count]
 

@@ -1,7 +1,7 @@
 """Run an exported panoptic model on images; write COCO-panoptic PNGs and a JSON file.
 
     python run_panoptic.py --input IMAGES_OR_FOLDERS... --output OUT_DIR [--artifact FILE]
-        [--overwrite] [--device cpu|cuda] [--threads N]
+        [--overwrite] [--device cpu|cuda] [--workers N] [--parallel N]
 
 Needs torch, torchvision (its NMS and ROIAlign operators, which the program calls), numpy and
 Pillow; it imports nothing from Detectron2 or panoptic_fpn_ext, and is meant to be copied next to
@@ -355,6 +355,11 @@ class PredictionFolder:
         self.pending.append((task, image, annotation))
         self._collect(block=len(self.pending) > 4)
 
+    def flush(self) -> None:
+        """Wait until every queued PNG is written, and list them."""
+        while self.pending:
+            self._collect(block=True)
+
     def _collect(self, block: bool) -> None:
         while self.pending and (block or self.pending[0][0].done()):
             task, image, annotation = self.pending.popleft()
@@ -412,26 +417,46 @@ def _result(path, task):
         return path, e
 
 
+def _run_program(program, decoded, device: str) -> Tuple[torch.Tensor, ...]:
+    """The program's outputs (on the CPU) for one decoded image (in a predicting thread)."""
+    image, (height, width) = decoded
+    with torch.no_grad():
+        outputs = program(image.to(device), torch.empty((0, height, width), device=device))
+    return tuple(o.cpu() for o in outputs)
+
+
 def predict_all(program, metadata: Dict, folder: PredictionFolder, paths, names, args):
-    """Predict every image into ``folder``; returns (path, reason) of each image skipped."""
+    """Predict every image into ``folder``, ``args.parallel`` at once (each in its own thread,
+    with the torch threads shared out); returns (path, reason) of each image skipped."""
     skipped = []
-    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    pool = ThreadPoolExecutor(max_workers=args.parallel)
+    in_flight: deque = deque()
+    previous = (signal.signal(signal.SIGTERM, _stop_on_sigterm), torch.get_num_threads())
+    torch.set_num_threads(max(1, previous[1] // args.parallel))
     try:
-        for path, decoded in _decoded(paths, metadata, args.threads):
+        for path, decoded in _decoded(paths, metadata, args.workers):
             if isinstance(decoded, UnreadableImage):
                 print(f"Skipped {path}: {decoded}", file=sys.stderr)
                 skipped.append((path, str(decoded)))
                 continue
-            image, (height, width) = decoded
-            with torch.no_grad():
-                outputs = program(image.to(args.device), torch.empty((0, height, width)).to(args.device))
-            outputs = tuple(o.cpu() for o in outputs)
-            info = segments_info(outputs, metadata["categories"])
-            folder.add(names[path], path, outputs[0].numpy(), info)
+            in_flight.append((path, pool.submit(_run_program, program, decoded, args.device)))
+            while len(in_flight) > args.parallel or (in_flight and in_flight[0][1].done()):
+                _hand_over(folder, names, metadata, *in_flight.popleft())
+        while in_flight:
+            _hand_over(folder, names, metadata, *in_flight.popleft())
+        folder.flush()
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         folder.close()
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous[0])
+        torch.set_num_threads(previous[1])
     return skipped
+
+
+def _hand_over(folder: PredictionFolder, names: Dict[str, str], metadata: Dict, path, task):
+    outputs = task.result()
+    info = segments_info(outputs, metadata["categories"])
+    folder.add(names[path], path, outputs[0].numpy(), info)
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
@@ -442,7 +467,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace earlier predictions")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2, help="threads that decode images")
+    parser.add_argument("--workers", type=int, default=2, help="threads that decode images")
+    parser.add_argument("--parallel", type=int, default=None, help="images predicted at once, "
+                        "each in its own thread (default: 2 on CPU, 1 on CUDA)")
     return parser.parse_args(argv)
 
 
@@ -450,6 +477,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Run; returns the exit status (0: all predicted, 1: some images skipped). Inputs and
     output folder are checked before the artifact is loaded or anything is written."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    args.parallel = args.parallel or (1 if args.device.startswith("cuda") else 2)
     ignored: List[str] = []
     paths = list_images(args.input, args.output, ignored)
     names = {path: output_name(path) for path in paths}
@@ -493,4 +521,7 @@ def print_summary(skipped: List[Tuple[str, str]], ignored: List[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C: the outputs are consistent (see above); status 128 + 2
+        sys.exit(130)
