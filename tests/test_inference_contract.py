@@ -113,8 +113,9 @@ def load_runner(path):
 
 
 def no_vis(tool):
-    """The flag that spares the predict tool its visualisations where a test needs none."""
-    return ["--no-vis"] if tool == "predict" else []
+    """The flag that spares the predict tool its visualisations where a test needs none, and
+    one image per model call (as the runner), so that the maps can be compared bit for bit."""
+    return ["--no-vis", "--batch-size", "1"] if tool == "predict" else []
 
 
 def run_tool(tool, deployment, inputs, out, *flags):
@@ -161,7 +162,8 @@ def check_consistent(out):
         assert ids.shape == (image["height"], image["width"])
         present, counts = np.unique(ids[ids > 0], return_counts=True)
         segments = annotation["segments_info"]
-        assert {s["id"]: s["area"] for s in segments} == dict(zip(present.tolist(), counts.tolist()))
+        areas = dict(zip(present.tolist(), counts.tolist()))
+        assert {s["id"]: s["area"] for s in segments} == areas
     return data
 
 

@@ -144,23 +144,22 @@ def test_visualisations_are_optional_and_bounded(tmp_path):
     assert not os.listdir(tmp_path / "novis" / "visualizations")
 
 
-def test_parallel_images_and_batches_give_the_maps_of_one_image_at_a_time(tmp_path):
-    """Images predicted two at a time (the CPU default) give exactly the maps of one at a time;
-    batches of one test size round differently, so only nearly."""
+def test_parallel_images_and_batches_agree_with_one_image_at_a_time(tmp_path):
+    """The CPU defaults (batches of 4, two at once, one torch thread each) against one image at
+    a time: the same images and segments, the maps equal up to pixels on a rounding boundary
+    (batched convolutions and fewer threads sum in another order)."""
     _write_images(tmp_path / "in", [f"{i}.png" for i in range(5)])
     _write_images(tmp_path / "in", ["other_size.png"], size=(56, 40))
     torch.manual_seed(0)
     weights = str(tmp_path / "random.pth")
     torch.save({"model": build_model(predict.build_cfg(CONFIG, TINY)).state_dict()}, weights)
-    runs = {"one": ["--parallel", "1"], "two": ["--parallel", "2"], "batch": ["--batch-size", "3"]}
+    runs = {"one": ["--parallel", "1", "--batch-size", "1"], "default": []}
     data = {}
     for name, flags in runs.items():
         opts = ["MODEL.WEIGHTS", weights]
         assert _main(tmp_path, "in", tmp_path / name, "--no-vis", *flags, opts=opts) == 0
         data[name] = check_consistent(tmp_path / name)
-    assert data["one"]["annotations"] == data["two"]["annotations"]
-    assert len(data["batch"]["annotations"]) == 6
-    for one, batch in zip(data["one"]["annotations"], data["batch"]["annotations"]):
-        assert np.array_equal(read_ids(tmp_path / "one", one), read_ids(tmp_path / "two", one))
-        agreement = (read_ids(tmp_path / "one", one) == read_ids(tmp_path / "batch", batch)).mean()
-        assert agreement > 0.99
+    assert data["one"]["images"] == data["default"]["images"] and len(data["one"]["images"]) == 6
+    for one, other in zip(data["one"]["annotations"], data["default"]["annotations"]):
+        ids_one, ids_other = read_ids(tmp_path / "one", one), read_ids(tmp_path / "default", other)
+        assert (ids_one == ids_other).mean() > 0.99

@@ -176,11 +176,12 @@ class PanopticInference(nn.Module):
         boxes = torch.stack([x_scaled[:, 0], y_scaled[:, 0], x_scaled[:, 1], y_scaled[:, 1]], 1)
         boxes = clip_boxes(boxes, out_height, out_width)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        boxes, scores, classes, mask_probs = boxes[keep], scores[keep], classes[keep], mask_probs[keep]
+        boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+        mask_probs = mask_probs[keep]
 
         def mask_region(index: torch.Tensor):
-            box = boxes.index_select(0, index)[0]
-            return paste_mask_region(mask_probs.index_select(0, index)[0], box, out_height, out_width)
+            mask, box = mask_probs.index_select(0, index)[0], boxes.index_select(0, index)[0]
+            return paste_mask_region(mask, box, out_height, out_width)
 
         combiner = self.model.combiner
         table = combine_panoptic_table(

@@ -22,6 +22,10 @@ the contract of the plugin's predict tool (README "Predicting: one contract for 
   ``{"id", "category_id", "isthing", "score" (things), "area"}``, ``categories``), each file
   written atomically; the JSON lists exactly the PNGs present, also after an error, Ctrl-C or
   SIGTERM; an ``OUT_DIR`` holding earlier predictions is refused without ``--overwrite``.
+
+Images are decoded ahead by ``--workers`` threads (default 2), predicted ``--parallel`` at a
+time (default 2 on CPU, 1 on CUDA), each in its own thread with its share of the torch
+threads, and their PNGs written by a background thread.
 """
 
 import argparse
@@ -372,7 +376,8 @@ class PredictionFolder:
 
     def write_json(self) -> None:
         data = {"images": self.images, "annotations": self.annotations}
-        write_atomically(self.json_path, json.dumps({**data, "categories": self.categories}).encode())
+        data["categories"] = self.categories
+        write_atomically(self.json_path, json.dumps(data).encode())
         self._written_at = time.monotonic()
 
     def close(self) -> None:

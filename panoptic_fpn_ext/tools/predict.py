@@ -23,14 +23,14 @@ contract for every tool"; the deployed runner ``run_panoptic.py`` keeps it too):
   ``OUT_DIR`` that holds earlier predictions is refused unless ``--overwrite`` is given.
 
 Images are decoded and resized in data-loader workers (``--workers``, default
-``DATALOADER.NUM_WORKERS``), predicted ``--parallel`` at a time (default 2 on CPU, 1 on CUDA),
-each in its own thread with its share of the torch threads, and written by a background
-thread. Each image is predicted on its own, so the outputs are ``DefaultPredictor``'s.
-``--batch-size N`` (default 1) puts up to N consecutive images of one test size into one model
-call instead: faster on CPU too, but convolutions over a batch round differently, so a pixel
-on a rounding boundary can change. Visualisations (``--vis``, the default) are drawn at most
-``--vis-max-side`` pixels on their longer side (default 1024), which bounds their time and
-memory.
+``DATALOADER.NUM_WORKERS``), predicted in batches of up to ``--batch-size`` consecutive images
+of one test size (default 4 on CPU, 1 on CUDA), ``--parallel`` batches at a time (default 2 on
+CPU, 1 on CUDA), each in its own thread with its share of the torch threads, and written by a
+background thread. Batches and fewer torch threads per image round differently from
+``DefaultPredictor``, so a pixel on a rounding boundary can change; with ``--parallel 1
+--batch-size 1`` the outputs are ``DefaultPredictor``'s. Visualisations (``--vis``, the
+default) are drawn at most ``--vis-max-side`` pixels on their longer side (default 1024), which
+bounds their time and memory.
 """
 
 import argparse
@@ -179,8 +179,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         help="visualisations are drawn at most this many pixels on their longer side",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=1,
-        help="images per model call (consecutive images of one test size; default 1)",
+        "--batch-size", type=int, default=None,
+        help="images per model call (consecutive images of one test size; default 4 on CPU, "
+        "1 on CUDA)",
     )
     parser.add_argument(
         "--parallel", type=int, default=None,
@@ -223,8 +224,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     folder = PredictionFolder(args.output, dataset, MetadataCatalog.get(dataset), args.vis)
     folder.clear()
     loader = _data_loader(cfg, images, args)
-    parallel = args.parallel or (1 if cfg.MODEL.DEVICE.startswith("cuda") else 2)
-    skipped = predict_all(model, loader, folder, names, args.batch_size, parallel)
+    on_cuda = cfg.MODEL.DEVICE.startswith("cuda")
+    parallel = args.parallel or (1 if on_cuda else 2)
+    batch_size = args.batch_size or (1 if on_cuda else 4)
+    skipped = predict_all(model, loader, folder, names, batch_size, parallel)
     written = [folder.json_path, folder.png_dir + os.sep] + [folder.vis_dir + os.sep] * args.vis
     print(f"Predicted {len(folder.annotations)} of {len(images)} images: {', '.join(written)}")
     return print_summary(skipped, ignored)

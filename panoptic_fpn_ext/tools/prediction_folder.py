@@ -138,8 +138,8 @@ class PredictionFolder:
         segments = []
         for s in segments_info:
             thing = bool(s["isthing"])
-            segment = {"id": int(s["id"]), "category_id": self._dataset_ids[thing][s["category_id"]]}
-            segment["isthing"] = thing
+            category = self._dataset_ids[thing][s["category_id"]]
+            segment = {"id": int(s["id"]), "category_id": category, "isthing": thing}
             if thing:
                 segment["score"] = float(s["score"])
             segment["area"] = int(areas[s["id"]])
