@@ -18,7 +18,7 @@ from .coco_panoptic import (
     register_coco_panoptic_dataset,
 )
 from .cropped_masks import CroppedMasks
-from .dataset_check import check_datasets, check_records
+from .dataset_check import check_dataset_files, check_datasets, check_records
 from .dataset_mapper import PanopticDatasetMapper, semantic_from_panoptic, semantic_label
 from .panoptic_io import PanopticDataError, PanopticPNG, id2rgb, read_image_file, rgb2id
 from .panoptic_png import read_panoptic_png
@@ -36,6 +36,7 @@ __all__ = [
     "PanopticDatasetMapper",
     "PanopticPNG",
     "SHAPES_CATEGORIES",
+    "check_dataset_files",
     "check_datasets",
     "check_records",
     "cityscapes_panoptic_metadata",

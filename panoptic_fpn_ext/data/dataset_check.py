@@ -45,7 +45,7 @@ from .panoptic_io import (
 )
 from .panoptic_png import check_panoptic_png
 
-__all__ = ["CHECK_MODES", "MAX_LISTED", "check_datasets", "check_records"]
+__all__ = ["CHECK_MODES", "MAX_LISTED", "check_dataset_files", "check_datasets", "check_records"]
 
 logger = logging.getLogger(__name__)
 
@@ -265,15 +265,26 @@ def check_records(
 
 
 def check_datasets(cfg, dataset_names: Iterable[str]) -> None:
-    """Check the records of every named dataset of the plugin's format (``evaluator_type``
-    "panoptic_fpn_ext"; others are left to their own loaders), as ``PANOPTIC_FPN_EXT.DATA_CHECK``
-    says. The hook of ``PanopticDatasetMapper.from_config`` (training) and of the evaluator
-    builders: a ``DefaultTrainer`` with the README's two hooks checks its data there.
+    """:func:`check_dataset_files` as ``PANOPTIC_FPN_EXT.DATA_CHECK`` says. The hook of
+    ``PanopticDatasetMapper.from_config`` (training) and of the evaluator builders: a
+    ``DefaultTrainer`` with the README's two hooks checks its data there.
 
     Raises:
         PanopticDataError: as :func:`check_records`.
     """
-    mode = cfg.PANOPTIC_FPN_EXT.DATA_CHECK
+    check_dataset_files(dataset_names, cfg.PANOPTIC_FPN_EXT.DATA_CHECK)
+
+
+def check_dataset_files(dataset_names: Iterable[str], mode: str = "full") -> None:
+    """Check the records of every named dataset of the plugin's format (``evaluator_type``
+    "panoptic_fpn_ext"; others are left to their own loaders) once per process and mode.
+
+    Args:
+        dataset_names: registered datasets.
+        mode: "full", "headers" or "off" (the values of ``PANOPTIC_FPN_EXT.DATA_CHECK``).
+    Raises:
+        PanopticDataError: as :func:`check_records`.
+    """
     for name in dict.fromkeys(dataset_names):
         passed = (name, DatasetCatalog[name], mode)
         if mode == "off" or passed in _PASSED:

@@ -3,90 +3,104 @@
 :func:`combine_panoptic_table` gives the output of
 :func:`panoptic_fpn_ext.modeling.combine_panoptic` (and so of Detectron2's
 ``combine_semantic_and_instance_outputs``) as a panoptic map plus a segment table of tensors. It
-has no Python branch on tensor values and no host transfer: the instances are visited in a loop
-of fixed length ``max_instances`` (unrolled when exported), padded with empty masks, and each
-decision stays a tensor. The number of segments is the only data-dependent size.
+has no Python branch on tensor values and no host transfer: the instances that reach the
+heuristic (Detectron2's order, up to the first score below the threshold) are visited by a
+``while_loop`` whose length is their count, a data-dependent size. Each instance's mask is asked
+for only when it is visited, as a rectangle of the image (:data:`MaskRegion`), so a model can
+paste one mask at a time, inside its box. The number of segments is the other data-dependent
+size.
 """
 
-from typing import Dict
+from typing import Callable, Dict, Tuple
 
 import torch
+from torch._higher_order_ops import while_loop
 
-__all__ = ["combine_panoptic_table", "SEGMENT_FIELDS"]
+__all__ = ["combine_panoptic_table", "full_image_masks", "MaskRegion", "SEGMENT_FIELDS"]
 
 # The segment table's tensors, in the order the exported model returns them after the map.
 SEGMENT_FIELDS = ("id", "category", "is_thing", "score", "area")
 
+# Instance index (int64 (1,)) -> (rows int64 (R,), columns int64 (Q,), bool (R, Q)): the rows and
+# columns of the image that may hold the instance's mask, and the mask there (False elsewhere).
+MaskRegion = Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
-def _padded_by_rank(
-    scores: torch.Tensor, masks: torch.Tensor, score_threshold: float, max_instances: int
-) -> Dict[str, torch.Tensor]:
-    """The instances in Detectron2's order (``torch.argsort(-scores)``), padded to
-    ``max_instances``; a rank is a candidate while no earlier score is below the threshold.
 
-    Returns:
-        order: int64 (max_instances,) instance index per rank (0 for padding);
-        candidate: bool (max_instances,); masks: bool (max_instances, H, W) (empty for padding).
-    """
+def full_image_masks(masks: torch.Tensor) -> MaskRegion:
+    """The :data:`MaskRegion` of masks already pasted: (N, H, W), nonzero = in the mask."""
+    rows = torch.arange(masks.shape[1], device=masks.device)
+    cols = torch.arange(masks.shape[2], device=masks.device)
+
+    def region(index: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return rows, cols, masks.index_select(0, index)[0].bool()
+
+    return region
+
+
+def considered_instances(scores: torch.Tensor, score_threshold: float) -> torch.Tensor:
+    """int64 (C,): the instances the heuristic visits, best first: Detectron2's order
+    (``torch.argsort(-scores)``), up to the first score below ``score_threshold`` (compared in
+    float64, as Detectron2 compares Python floats)."""
     order = torch.argsort(-scores)
-    # Detectron2 stops at the first score below the threshold, compared as Python floats
     below = scores[order].double() < score_threshold
-    candidate = below.cumsum(0) == 0
-    count = order.shape[0]
-    rank = torch.arange(count, device=scores.device)
-    height, width = masks.shape[1:]
-    padded_masks = masks.new_zeros((max_instances, height, width), dtype=torch.bool)
-    padded_masks.index_copy_(0, rank, masks[order].bool())
-    padded_order = order.new_zeros(max_instances).index_copy_(0, rank, order)
-    padded_candidate = candidate.new_zeros(max_instances).index_copy_(0, rank, candidate)
-    return {"order": padded_order, "candidate": padded_candidate, "masks": padded_masks}
+    return order[below.cumsum(0) == 0]
 
 
 def _place_instances(
-    masks: torch.Tensor, candidate: torch.Tensor, overlap_threshold: float
+    considered: torch.Tensor,
+    mask_region: MaskRegion,
+    height: int,
+    width: int,
+    overlap_threshold: float,
 ) -> Dict[str, torch.Tensor]:
-    """Let the ranked candidates claim pixels in turn (Detectron2's rule).
+    """Let the considered instances claim pixels in turn (Detectron2's rule).
 
     Args:
-        masks: bool (K, H, W) in rank order; candidate: bool (K,).
+        considered: int64 (C,) instance indices, best first.
     Returns:
-        owner: int64 (H, W), rank + 1 of the claimant, 0 for a free pixel;
-        kept: bool (K,); claimed_area: int64 (K,) pixels each rank claimed (0 if not kept).
+        owner: int32 (H, W), rank + 1 of the claimant, 0 for a free pixel;
+        kept: bool (C,); claimed_area: int64 (C,) pixels each rank claimed (0 if not kept).
     """
-    num_ranks, height, width = masks.shape
-    owner = torch.zeros((height, width), dtype=torch.int64, device=masks.device)
-    claimed = torch.zeros((height, width), dtype=torch.bool, device=masks.device)
-    kept, areas = [], []
-    for rank in range(num_ranks):
-        mask = masks[rank]
+    device = considered.device
+
+    def more(rank, owner, kept, claimed_area):
+        return rank < considered.shape[0]
+
+    def claim(rank, owner, kept, claimed_area):
+        rows, cols, mask = mask_region(considered.index_select(0, rank.view(1)))
+        region = (rows[:, None], cols[None, :])
+        owned = owner.index_select(0, rows).index_select(1, cols)
         area = mask.sum()
-        new = mask & ~claimed
+        new = mask & (owned == 0)
         new_area = new.sum()
         taken = area - new_area
         # Detectron2's test ``area > 0 and not taken / area > threshold`` in float64
-        keep = candidate[rank] & (area > 0) & ~(taken.double() / area.double() > overlap_threshold)
+        keep = (area > 0) & ~(taken.double() / area.double() > overlap_threshold)
         new = new & keep
-        owner = owner + new.long() * (rank + 1)
-        claimed = claimed | new
-        kept.append(keep)
-        areas.append(new_area * keep)
-    if not num_ranks:  # max_instances == 0
-        kept, areas = [candidate.new_zeros(0)], [owner.new_zeros(0)]
-    else:
-        kept, areas = [torch.stack(kept)], [torch.stack(areas)]
-    return {"owner": owner, "kept": kept[0], "claimed_area": areas[0]}
+        owner = owner.index_put(region, torch.where(new, (rank + 1).int(), owned))
+        kept = kept.index_put((rank.view(1),), keep.view(1))
+        claimed_area = claimed_area.index_put((rank.view(1),), (new_area * keep).view(1))
+        return rank + 1, owner, kept, claimed_area
+
+    start = (
+        torch.zeros((), dtype=torch.int64, device=device),
+        torch.zeros((height, width), dtype=torch.int32, device=device),
+        torch.zeros_like(considered, dtype=torch.bool),
+        torch.zeros_like(considered),
+    )
+    _, owner, kept, claimed_area = while_loop(more, claim, start)
+    return {"owner": owner, "kept": kept, "claimed_area": claimed_area}
 
 
 def combine_panoptic_table(
     scores: torch.Tensor,
     classes: torch.Tensor,
-    masks: torch.Tensor,
+    mask_region: MaskRegion,
     semantic: torch.Tensor,
     num_semantic_classes: int,
     overlap_threshold: float,
     stuff_area_limit: float,
     instances_score_threshold: float,
-    max_instances: int,
 ) -> Dict[str, torch.Tensor]:
     """Combine instances and semantic labels into a panoptic map and a segment table.
 
@@ -96,40 +110,45 @@ def combine_panoptic_table(
     by ascending label (ids T+1..), with its free pixels, unless fewer than ``stuff_area_limit``.
 
     Args:
-        scores: float (N,); classes: int64 (N,); masks: (N, H, W), nonzero = in the mask;
-            N <= ``max_instances``.
+        scores: float (N,); classes: int64 (N,).
+        mask_region: each instance's mask (:data:`MaskRegion`; :func:`full_image_masks` for
+            masks already pasted), asked for only for the instances the heuristic visits.
         semantic: int64 (H, W) labels in [0, ``num_semantic_classes``).
         num_semantic_classes: number of semantic labels (0 = "other", stuff 1..).
         overlap_threshold, stuff_area_limit, instances_score_threshold: as in
             :func:`~panoptic_fpn_ext.modeling.combine_panoptic`.
-        max_instances: the loop length; larger N is an error (an out-of-range index).
     Returns:
         "panoptic": int32 (H, W), 0 = unlabelled; and one row per segment, in id order (S,):
         "id" int64, "category" int64 (predicted class for things, semantic label for stuff),
         "is_thing" bool, "score" float32 (NaN for stuff), "area" int64 (pixels in the map).
     """
-    ranked = _padded_by_rank(scores, masks, instances_score_threshold, max_instances)
-    placed = _place_instances(ranked["masks"], ranked["candidate"], overlap_threshold)
+    considered = considered_instances(scores, instances_score_threshold)
+    height, width = semantic.shape
+    placed = _place_instances(considered, mask_region, height, width, overlap_threshold)
     kept = placed["kept"]
     thing_ids = kept.long().cumsum(0) * kept
     num_things = kept.sum()
+    owner = placed["owner"].long()
 
+    # one histogram of (label, taken) pairs: free pixels per label, then taken ones
     labels = semantic.flatten()
-    free = (placed["owner"] == 0).flatten().long()
-    total_per_label = torch.zeros(num_semantic_classes, dtype=torch.int64, device=labels.device)
-    total_per_label = total_per_label.scatter_add(0, labels, torch.ones_like(labels))
-    free_per_label = torch.zeros_like(total_per_label).scatter_add(0, labels, free)
+    taken = (owner > 0).flatten().long()
+    pairs = torch.zeros(2 * num_semantic_classes, dtype=torch.int64, device=labels.device)
+    pairs = pairs.scatter_add(0, labels + num_semantic_classes * taken, torch.ones_like(labels))
+    free_per_label = pairs[:num_semantic_classes]
+    total_per_label = free_per_label + pairs[num_semantic_classes:]
     label_range = torch.arange(num_semantic_classes, device=labels.device)
     # Detectron2's test ``not free < stuff_area_limit`` as Python numbers: exact in float64
     is_stuff = (label_range > 0) & (total_per_label > 0)
     is_stuff &= ~(free_per_label.double() < stuff_area_limit)
     stuff_ids = (num_things + is_stuff.long().cumsum(0)) * is_stuff
 
-    thing_lookup = torch.cat([thing_ids.new_zeros(1), thing_ids])[placed["owner"]]
-    panoptic = torch.where(placed["owner"] > 0, thing_lookup, stuff_ids[semantic]).int()
+    # the id of each pixel, looked up in [stuff ids by label, thing ids by rank]
+    ids = torch.cat([stuff_ids, thing_ids])
+    index = torch.where(owner > 0, owner + (num_semantic_classes - 1), semantic)
+    panoptic = ids.index_select(0, index.flatten()).view(height, width).int()
 
-    order = ranked["order"][kept]
-    thing_scores = scores[order].float()
+    order = considered[kept]
     stuff_labels = label_range[is_stuff]
     no_score = torch.full_like(stuff_labels, torch.nan, dtype=torch.float32)
     return {
@@ -137,6 +156,6 @@ def combine_panoptic_table(
         "id": torch.cat([thing_ids[kept], stuff_ids[is_stuff]]),
         "category": torch.cat([classes[order].long(), stuff_labels]),
         "is_thing": torch.cat([kept[kept], torch.zeros_like(stuff_labels, dtype=torch.bool)]),
-        "score": torch.cat([thing_scores, no_score]),
+        "score": torch.cat([scores[order].float(), no_score]),
         "area": torch.cat([placed["claimed_area"][kept], free_per_label[is_stuff]]),
     }

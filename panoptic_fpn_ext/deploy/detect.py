@@ -20,7 +20,7 @@ __all__ = [
     "clip_boxes",
     "top_rpn_proposals",
     "detections_from_box_outputs",
-    "paste_masks",
+    "paste_mask_region",
     "pool_regions",
     "VANILLA_NMS_ABOVE",
 ]
@@ -68,7 +68,9 @@ def _nms_offset_classes(
     gives an empty result, not an error, for no boxes.
     """
     max_coordinate = torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max()
-    offsets = idxs.to(boxes) * (max_coordinate + torch.tensor(1).to(boxes))
+    # torchvision adds ``torch.tensor(1).to(boxes)``: the same float32 sum; a tensor constant
+    # cannot be serialised inside the branch of a torch.cond
+    offsets = idxs.to(boxes) * (max_coordinate + 1)
     return nms(boxes + offsets[:, None], scores, iou)
 
 
@@ -86,8 +88,10 @@ def batched_nms(
     num_classes: int,
     vanilla_above: int,
 ) -> torch.Tensor:
-    """torchvision's ``batched_nms`` (as Detectron2 calls it) with its choice of strategy made
-    on tensors: both strategies run and the one torchvision would pick is returned.
+    """torchvision's ``batched_nms`` (as Detectron2 calls it), with its choice of strategy made
+    on a tensor when exported: ``torch.cond`` then runs the strategy torchvision would pick (in
+    eager mode a Python branch does; ``torch.cond`` would compile the call there, with
+    torchvision's fake NMS, which assumes that at least two boxes are kept).
 
     Args:
         boxes: float (N, 4), non-negative coordinates; scores: float (N,);
@@ -96,12 +100,22 @@ def batched_nms(
     Returns:
         int64 (K,) indices of the kept boxes, by decreasing score.
     """
+
+    def per_class(boxes, scores, idxs):
+        keep = _nms_per_class(boxes, scores, idxs, iou_threshold, num_classes)
+        return _as_ranks(keep, scores.shape[0])
+
+    def offset(boxes, scores, idxs):
+        return _as_ranks(_nms_offset_classes(boxes, scores, idxs, iou_threshold), scores.shape[0])
+
     boxes = boxes.float()
     count = scores.shape[0]
-    per_class = _as_ranks(_nms_per_class(boxes, scores, idxs, iou_threshold, num_classes), count)
-    offset = _as_ranks(_nms_offset_classes(boxes, scores, idxs, iou_threshold), count)
+    # torchvision tests boxes.numel(); a tensor here, so that export takes no guard on the size
     numel = torch.ones_like(scores, dtype=torch.int64).sum() * 4
-    ranks = torch.where(numel > vanilla_above, per_class, offset)
+    if torch.compiler.is_exporting():
+        ranks = torch.cond(numel > vanilla_above, per_class, offset, (boxes, scores, idxs))
+    else:
+        ranks = (per_class if numel > vanilla_above else offset)(boxes, scores, idxs)
     sorted_ranks, positions = ranks.sort(stable=True)
     return positions[sorted_ranks < count]
 
@@ -217,30 +231,35 @@ def pool_regions(
     return output
 
 
-def paste_masks(
-    masks: torch.Tensor, boxes: torch.Tensor, height: int, width: int, threshold: float = 0.5
-) -> torch.Tensor:
-    """``paste_masks_in_image``'s result, each mask sampled over the whole image.
+def _pixels_between(low: torch.Tensor, high: torch.Tensor, size: int) -> torch.Tensor:
+    """int64 (K,): the pixels ``i`` in ``[0, size)`` with ``low <= i < high`` (0-d floats)."""
+    index = torch.arange(size, device=low.device)
+    return torch.nonzero((index >= low) & (index < high))[:, 0]
 
-    Detectron2 on CPU samples each mask only inside ``[floor(x0) - 1, ceil(x1) + 1)`` (and the
-    same for y) and leaves the rest False; every pixel inside gets the same grid coordinate and
-    so the same value here. Outside, a sample lies more than half a mask cell beyond the box
-    edge, where bilinear sampling with zero padding gives less than 0.5 of the edge value, so it
-    is below the threshold (:func:`panoptic_fpn_ext.modeling.paste_regions` relies on the same).
+
+def paste_mask_region(
+    mask: torch.Tensor, box: torch.Tensor, height: int, width: int, threshold: float = 0.5
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``paste_masks_in_image`` for one mask, as Detectron2 computes it on CPU: sampled only in
+    the rows ``[floor(y0) - 1, ceil(y1) + 1)`` and columns ``[floor(x0) - 1, ceil(x1) + 1)``
+    (clipped to the image), where each pixel gets the same grid coordinate as there. On GPU
+    Detectron2 samples the whole image, and outside this rectangle a sample lies more than half a
+    mask cell beyond the box edge, where bilinear sampling with zero padding gives less than 0.5
+    of the edge value: below the threshold (:func:`panoptic_fpn_ext.modeling.paste_regions`
+    relies on the same).
 
     Args:
-        masks: float (N, M, M) probabilities; boxes: float (N, 4) in output pixels.
+        mask: float (M, M) probabilities; box: float (4,) in output pixels.
     Returns:
-        bool (N, height, width).
+        rows int64 (R,), columns int64 (Q,), and bool (R, Q): the mask there (False elsewhere).
     """
-    x0, y0, x1, y1 = torch.split(boxes, 1, dim=1)
-    img_y = torch.arange(0, height, device=boxes.device, dtype=torch.float32) + 0.5
-    img_x = torch.arange(0, width, device=boxes.device, dtype=torch.float32) + 0.5
-    img_y = (img_y - y0) / (y1 - y0) * 2 - 1
-    img_x = (img_x - x0) / (x1 - x0) * 2 - 1
-    count = masks.shape[0]
-    gx = img_x[:, None, :].expand(count, height, width)
-    gy = img_y[:, :, None].expand(count, height, width)
-    grid = torch.stack([gx, gy], dim=3)
-    pasted = F.grid_sample(masks[:, None].float(), grid, align_corners=False)
-    return pasted[:, 0] >= threshold
+    low = torch.clamp(box[:2].floor() - 1, min=0)
+    high = box[2:].ceil() + 1
+    rows = _pixels_between(low[1], high[1], height)
+    cols = _pixels_between(low[0], high[0], width)
+    img_y = (rows.float() + 0.5 - box[1]) / (box[3] - box[1]) * 2 - 1
+    img_x = (cols.float() + 0.5 - box[0]) / (box[2] - box[0]) * 2 - 1
+    grid_size = (rows.shape[0], cols.shape[0])
+    grid = torch.stack([img_x[None, :].expand(grid_size), img_y[:, None].expand(grid_size)], 2)
+    pasted = F.grid_sample(mask[None, None].float(), grid[None], align_corners=False)
+    return rows, cols, pasted[0, 0] >= threshold

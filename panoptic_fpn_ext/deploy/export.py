@@ -2,7 +2,7 @@
 
 import json
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import torch
 import torchvision  # noqa: F401  (registers torchvision::nms and torchvision::roi_align)
@@ -12,11 +12,21 @@ from torch import nn
 from torch.export import Dim
 
 from ..file_io import atomic_write
-from .model import PanopticInference
+from . import run_panoptic
+from .model import PanopticInference, smallest_padded_side
 
-__all__ = ["export_panoptic_model", "save_artifact", "artifact_metadata", "METADATA_FILE"]
+__all__ = [
+    "export_panoptic_model",
+    "example_inputs",
+    "save_artifact",
+    "artifact_metadata",
+    "METADATA_FILE",
+]
 
-METADATA_FILE = "panoptic_metadata.json"  # stored inside the .pt2 archive (``extra_files``)
+METADATA_FILE = run_panoptic.METADATA_FILE  # stored inside the .pt2 archive (``extra_files``)
+# The smallest image and output side of an exported program (sizes 0 and 1 are specialised by
+# torch.export; images with a side below the backbone's needs are padded by the program).
+MIN_SIDE = 2
 
 
 def _nms_fake(dets: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
@@ -30,50 +40,38 @@ def _nms_fake(dets: torch.Tensor, scores: torch.Tensor, iou_threshold: float) ->
     return dets.new_empty(kept, dtype=torch.long)
 
 
-def smallest_exportable_side(model: nn.Module) -> int:
-    """Images must be larger than twice the backbone's size divisibility on each side: smaller
-    ones give 1-pixel feature maps, which the exported shapes cannot cover."""
-    return 2 * max(model.backbone.size_divisibility, 1) + 1
-
-
-def _example_image(model: nn.Module, min_side: int, max_side: int) -> torch.Tensor:
-    """A random float32 (3, H, W) image to trace with. H != W and neither is a multiple of the
-    size divisibility, so that tracing does not take an equality of sizes, or a padding of 0,
-    for a rule."""
+def example_inputs(model: nn.Module, max_side: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A random float32 (3, h, w) image and an output size (0, H, W) to trace with. h != w,
+    neither a multiple of the size divisibility, and H, W differ from both, so that tracing
+    takes no equality of sizes, nor a padding of 0, for a rule."""
     stride = max(model.backbone.size_divisibility, 1)
-    sides = [s for s in range(min_side, max_side + 1) if s % stride][:2]
+    sides = [s for s in range(min(max_side, 3 * stride + 1), max_side + 1) if s % stride][:2]
     if len(sides) < 2:
-        raise ValueError(f"Image side range [{min_side}, {max_side}] is too narrow to export")
+        raise ValueError(f"Largest image side {max_side} is too small to export")
     generator = torch.Generator().manual_seed(0)
     image = torch.rand((3, *sides), generator=generator) * 255
-    return image.to(model.pixel_mean.device)
+    output_size = torch.empty((0, 2 * sides[0] + 1, 2 * sides[1] + 3))
+    device = model.pixel_mean.device
+    return image.to(device), output_size.to(device)
 
 
-def export_panoptic_model(
-    model: nn.Module, min_side: int, max_side: int
-) -> torch.export.ExportedProgram:
+def export_panoptic_model(model: nn.Module, max_side: int) -> torch.export.ExportedProgram:
     """Capture a ``PanopticFPNExt``'s whole inference for images of any height and width in
-    ``[min_side, max_side]``.
+    ``[MIN_SIDE, max_side]`` and outputs of any size.
 
     Args:
         model: the model in eval mode, on the device the program should run on.
-    Raises:
-        ValueError: ``min_side`` is below :func:`smallest_exportable_side`.
     """
-    smallest = smallest_exportable_side(model)
-    if min_side < smallest:
-        raise ValueError(
-            f"Smallest image side {min_side} is below {smallest}, the smallest this backbone "
-            f"(size divisibility {model.backbone.size_divisibility}) can be exported for"
-        )
     torch.library.register_fake("torchvision::nms", _nms_fake, allow_override=True)
-    side = {"min": min_side, "max": max_side}
-    dynamic = ({1: Dim.DYNAMIC(**side), 2: Dim.DYNAMIC(**side)},)
+    side = Dim.DYNAMIC(min=MIN_SIDE, max=max_side)
+    output_side = Dim.DYNAMIC(min=MIN_SIDE)
+    dynamic = ({1: side, 2: side}, {1: output_side, 2: output_side})
     with torch.no_grad():
         return torch.export.export(
             PanopticInference(model).eval(),
-            (_example_image(model, min_side, max_side),),
-            dynamic_shapes=dynamic, strict=False
+            example_inputs(model, max_side),
+            dynamic_shapes=dynamic,
+            strict=False,
         )
 
 
@@ -82,7 +80,7 @@ def _category(dataset_id: int, contiguous: int, isthing: int, names) -> Dict[str
     return {"id": dataset_id, "contiguous": contiguous, "isthing": isthing, "name": name}
 
 
-def artifact_metadata(cfg: CfgNode, min_side: int, max_side: int) -> Dict[str, Any]:
+def artifact_metadata(cfg: CfgNode, model: nn.Module, max_side: int) -> Dict[str, Any]:
     """What a runner needs besides the program: input format and size rule, and the dataset's
     categories (``DATASETS.TEST[0]``'s metadata) to turn contiguous ids into dataset ids."""
     meta = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
@@ -97,8 +95,10 @@ def artifact_metadata(cfg: CfgNode, min_side: int, max_side: int) -> Dict[str, A
         "input_format": cfg.INPUT.FORMAT,
         "min_size_test": cfg.INPUT.MIN_SIZE_TEST,
         "max_size_test": cfg.INPUT.MAX_SIZE_TEST,
-        "min_side": min_side,
+        "min_side": MIN_SIDE,
         "max_side": max_side,
+        # test sizes whose side Detectron2 pads to less than this are padded to it
+        "padded_side": smallest_padded_side(model),
         "device": cfg.MODEL.DEVICE,
         "categories": categories,
     }

@@ -10,8 +10,9 @@ from ..modeling.post_processing import semantic_labels
 from .combine import SEGMENT_FIELDS, combine_panoptic_table
 from .detect import (
     VANILLA_NMS_ABOVE,
+    clip_boxes,
     detections_from_box_outputs,
-    paste_masks,
+    paste_mask_region,
     pool_regions,
     top_rpn_proposals,
 )
@@ -21,8 +22,9 @@ __all__ = ["PanopticInference"]
 
 class PanopticInference(nn.Module):
     """One image in, the panoptic map and its segment table out: a ``PanopticFPNExt``'s
-    ``inference`` (with ``do_postprocess`` and the output at the input size) and its combiner,
-    with no Python branch on tensor values, so that ``torch.export`` can capture all of it.
+    ``inference`` (with ``do_postprocess``, at the output size the input dict's "height" and
+    "width" give) and its combiner, with no Python branch on tensor values, so that
+    ``torch.export`` can capture all of it.
 
     It reuses the model's modules (backbone, RPN head and anchors, RoI poolers and heads, semantic
     head), so it holds the same weights; the steps between them are the functions of
@@ -34,19 +36,12 @@ class PanopticInference(nn.Module):
         """
         Args:
             model: a ``PanopticFPNExt`` in eval mode with the ``PanopticHeuristicCombiner`` (its
-                thresholds are read from the combiner) and a test-time detection limit
-                (``TEST.DETECTIONS_PER_IMAGE`` >= 0: it bounds the combiner's loop).
+                thresholds are read from the combiner).
         Raises:
-            ValueError: the model has no detection limit, or a combiner without thresholds.
+            ValueError: a combiner without thresholds, or a backbone with square padding.
         """
         super().__init__()
         self.model = model
-        predictor = model.roi_heads.box_predictor
-        if predictor.test_topk_per_image < 0:
-            raise ValueError(
-                "TEST.DETECTIONS_PER_IMAGE must be >= 0 to export the panoptic model: it bounds "
-                f"the combiner's loop (got {predictor.test_topk_per_image})"
-            )
         combiner = model.combiner
         missing = [
             name
@@ -68,13 +63,15 @@ class PanopticInference(nn.Module):
 
     def _normalize_and_pad(self, image: torch.Tensor) -> torch.Tensor:
         """``preprocess_image`` for one image: float (1, 3, H', W'), zero-padded to the
-        backbone's size divisibility."""
+        backbone's size divisibility, and to at least :func:`smallest_padded_side` (a side
+        Detectron2 would pad less is the one difference from its computation)."""
         model = self.model
         image = (image.to(model.pixel_mean.device) - model.pixel_mean) / model.pixel_std
         stride = max(model.backbone.size_divisibility, 1)
+        smallest = smallest_padded_side(model)
         height, width = image.shape[-2:]
-        padded_h = (height + stride - 1) // stride * stride
-        padded_w = (width + stride - 1) // stride * stride
+        padded_h = torch.sym_max((height + stride - 1) // stride * stride, smallest)
+        padded_w = torch.sym_max((width + stride - 1) // stride * stride, smallest)
         # A gather from the image plus one zero row and column, not F.pad: the exporter would
         # take "padding > 0" (or a padded view's contiguity) for a rule.
         channels = image.shape[0]
@@ -142,11 +139,14 @@ class PanopticInference(nn.Module):
             mask_probs = mask_logits[torch.arange(mask_logits.shape[0]), classes].sigmoid()
         return boxes, scores, classes, mask_probs
 
-    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def forward(self, image: torch.Tensor, output_size: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """
         Args:
-            image: float32 (3, H, W), pixel values 0-255 in the model's input format
-                (``INPUT.FORMAT``, BGR by default), already at the size to predict at.
+            image: float32 (3, h, w), pixel values 0-255 in the model's input format
+                (``INPUT.FORMAT``, BGR by default), at the size to predict at.
+            output_size: an empty tensor of shape (0, H, W): the size of the outputs (the
+                image's size before it was resized to (h, w); an exported program's integer
+                inputs are the sizes of its tensors).
         Returns:
             panoptic: int32 (H, W) segment ids, 0 = unlabelled; then the segment table in id
             order, each (S,): id int64, category int64 (contiguous thing class for things,
@@ -154,6 +154,7 @@ class PanopticInference(nn.Module):
             (pixels).
         """
         height, width = image.shape[-2:]
+        out_height, out_width = output_size.shape[-2:]
         padded = self._normalize_and_pad(image)
         features = self.model.backbone(padded)
         sem_seg, _ = self.model.sem_seg_head(features, None)
@@ -165,23 +166,39 @@ class PanopticInference(nn.Module):
         rows = torch.arange(height, device=sem_seg.device)
         cols = torch.arange(width, device=sem_seg.device)
         logits = sem_seg.index_select(2, rows).index_select(3, cols)
-        logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-        # detector_postprocess at the input size: clip, drop empty boxes, paste the masks
+        logits = F.interpolate(
+            logits, size=(out_height, out_width), mode="bilinear", align_corners=False
+        )
+        # detector_postprocess: scale to the output size (Boxes.scale: each coordinate times a
+        # Python float), clip, drop empty boxes; masks are pasted one at a time when combined
+        x_scaled = boxes[:, 0::2] * (out_width / width)
+        y_scaled = boxes[:, 1::2] * (out_height / height)
+        boxes = torch.stack([x_scaled[:, 0], y_scaled[:, 0], x_scaled[:, 1], y_scaled[:, 1]], 1)
+        boxes = clip_boxes(boxes, out_height, out_width)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
         mask_probs = mask_probs[keep]
-        masks = paste_masks(mask_probs, boxes, height, width)
+
+        def mask_region(index: torch.Tensor):
+            mask, box = mask_probs.index_select(0, index)[0], boxes.index_select(0, index)[0]
+            return paste_mask_region(mask, box, out_height, out_width)
 
         combiner = self.model.combiner
         table = combine_panoptic_table(
             scores,
             classes,
-            masks,
+            mask_region,
             semantic_labels(logits[0]),
             logits.shape[1],
             combiner.overlap_threshold,
             combiner.stuff_area_limit,
             combiner.instances_score_threshold,
-            self.model.roi_heads.box_predictor.test_topk_per_image,
         )
         return (table["panoptic"],) + tuple(table[name] for name in SEGMENT_FIELDS)
+
+
+def smallest_padded_side(model: nn.Module) -> int:
+    """The program pads each image side to at least three times the backbone's size
+    divisibility: a smaller padded side gives 1-pixel feature maps at the coarsest level, for
+    which the exported shapes would not hold."""
+    return 3 * max(model.backbone.size_divisibility, 1)

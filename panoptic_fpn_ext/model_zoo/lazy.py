@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence, Union
 from detectron2.data import get_detection_dataset_dicts
 
 from ..config import check_num_classes
+from ..data.dataset_check import check_dataset_files
 
 __all__ = ["checked_dataset_dicts"]
 
@@ -23,9 +24,11 @@ def checked_dataset_dicts(
     roi_heads_num_classes: Optional[int] = None,
     semantic_target: str = "stuff_and_other",
     filter_empty: bool = False,
+    data_check: str = "full",
 ) -> List[Dict]:
     """Detectron2's ``get_detection_dataset_dicts``, after checking the model's class counts
-    against every dataset's metadata (``check_num_classes``).
+    against every dataset's metadata (``check_num_classes``) and the datasets' files
+    (``check_dataset_files``).
 
     Args:
         names: registered datasets.
@@ -33,11 +36,13 @@ def checked_dataset_dicts(
         roi_heads_num_classes: the model's ``roi_heads.num_classes`` (None: no RoI heads).
         semantic_target: "stuff_and_other" (Panoptic FPN) or "all_classes" (semantic-only).
         filter_empty: as ``get_detection_dataset_dicts``.
+        data_check: "full", "headers" or "off", as ``PANOPTIC_FPN_EXT.DATA_CHECK``.
     Returns:
         the records of all datasets, as ``get_detection_dataset_dicts`` returns them.
     Raises:
         ValueError: a class count differs from a dataset's; names the LazyConfig key, its value,
             the dataset and the value it needs.
+        PanopticDataError: a dataset has bad files (all listed, the dataset named).
     """
     for name in [names] if isinstance(names, str) else names:
         check_num_classes(
@@ -46,6 +51,7 @@ def checked_dataset_dicts(
             _setting("model.roi_heads.num_classes", roi_heads_num_classes),
             semantic_target,
         )
+    check_dataset_files([names] if isinstance(names, str) else names, data_check)
     return get_detection_dataset_dicts(names, filter_empty=filter_empty)
 
 

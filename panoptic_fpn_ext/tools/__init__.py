@@ -1,1 +1,1 @@
-"""Command-line tools: ``python -m panoptic_fpn_ext.tools.predict`` and ``.summary``."""
+"""Command-line tools: ``python -m panoptic_fpn_ext.tools.predict``, ``.export`` and ``.summary``."""

@@ -1,295 +1,68 @@
-"""Panoptic predictions for images: COCO-panoptic PNG + JSON and a visualisation per image.
+"""Panoptic predictions for images: COCO-panoptic PNG + JSON, and a visualisation, per image.
 
-    python -m panoptic_fpn_ext.tools.predict --config-file CONFIG --input DIR_OR_FILES... \\
-        --output OUT_DIR [--limit N] [--confidence-threshold T] [--dataset NAME] \\
-        [--import MODULE] [--overwrite] [--opts KEY VALUE ...]
+    python -m panoptic_fpn_ext.tools.predict --config-file CONFIG --input FILES_OR_FOLDERS... \\
+        --output OUT_DIR [--vis | --no-vis] [--batch-size N] [--parallel N] [--workers N] \\
+        [--limit N] [--confidence-threshold T] [--dataset NAME] [--import MODULE] [--overwrite] \\
+        [--opts KEY VALUE ...]
 
-Writes ``OUT_DIR/panoptic_predictions.json`` (COCO panoptic: ``images``, ``annotations``,
-``categories``), ``OUT_DIR/panoptic_predictions/<name>.png`` and
-``OUT_DIR/visualizations/<name>.png``, each file written atomically:
+It keeps the contract every inference tool of the plugin keeps (README "Predicting: one
+contract for every tool"; the deployed runner ``run_panoptic.py`` keeps it too):
 
-* ``<name>`` is the image's path relative to the inputs' common folder, without extension, with
-  ``/`` replaced by ``__``; images whose names would still coincide (``a/img.jpg``, ``a/img.png``)
-  keep their extension as ``_jpg``/``_png``. It is the entry's ``image_id``; the ``images`` list
-  gives each one's input path and size. Names that coincide after all this are refused before
-  anything is written.
-* Category ids and class names come from the metadata of the dataset named by ``--dataset`` or,
-  by default, ``DATASETS.TEST[0]``. A model trained on a user's own dataset: ``--import
-  my_project.datasets`` imports the module that registers it (run before the config is read).
-* An image that cannot be read is reported and skipped; the rest are predicted, and the tool
-  ends with a summary and exit status 1.
-* The JSON lists exactly the PNGs present: it is rewritten (atomically) as images are done and
-  whenever the run stops (an error, Ctrl-C, SIGTERM), and the files of an image not yet listed
-  are removed. Only a SIGKILL can leave PNGs the JSON does not list (those written in the last
-  few seconds), never the reverse. An ``OUT_DIR`` that holds earlier predictions is refused
-  unless ``--overwrite`` is given; the old JSON is then deleted first.
-* ``--confidence-threshold T`` sets both ``MODEL.ROI_HEADS.SCORE_THRESH_TEST`` and
-  ``MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH`` (as Detectron2's demo does):
-  instances scoring below T are not in the panoptic output.
-* An empty ``MODEL.WEIGHTS`` predicts with random weights, with a warning.
+* Folders are searched recursively (the output folder excluded); files there without an image
+  extension are ignored and named in the summary. An image that cannot be read is skipped and
+  named in the summary, and the exit status is 1.
+* ``OUT_DIR/panoptic_predictions/<name>.png``, ``OUT_DIR/visualizations/<name>.png`` (unless
+  ``--no-vis``) and ``OUT_DIR/panoptic_predictions.json`` (``images``, ``annotations`` whose
+  ``segments_info`` are ``{"id", "category_id", "isthing", "score" (things), "area"}``,
+  ``categories``), each file written atomically. ``<name>`` is ``<stem>_<extension>_<16 hex
+  digits of the SHA-1 of the image's absolute path>``: unique, and the same for a path in every
+  run. It is the entry's ``image_id``; ``images`` maps it back to the input path.
+* The JSON lists exactly the PNGs present: it is rewritten as images are done and whenever the
+  run stops (an error, Ctrl-C, SIGTERM), and the files of an image not yet listed are removed.
+  Only a SIGKILL can leave PNGs the JSON does not list (those of the last seconds). An
+  ``OUT_DIR`` that holds earlier predictions is refused unless ``--overwrite`` is given.
+
+Images are decoded and resized in data-loader workers (``--workers``, default
+``DATALOADER.NUM_WORKERS``), predicted in batches of up to ``--batch-size`` consecutive images
+of one test size (default 4 on CPU, 1 on CUDA), ``--parallel`` batches at a time (default 2 on
+CPU, 1 on CUDA), each in its own thread with its share of the torch threads, and written by a
+background thread. Batches and fewer torch threads per image round differently from
+``DefaultPredictor``, so a pixel on a rounding boundary can change; with ``--parallel 1
+--batch-size 1`` the outputs are ``DefaultPredictor``'s. Visualisations (``--vis``, the
+default) are drawn at most ``--vis-max-side`` pixels on their longer side (default 1024), which
+bounds their time and memory.
 """
 
 import argparse
-import importlib
-import io
 import logging
 import os
 import signal
 import sys
-import time
-from collections import Counter
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-from detectron2.config import CfgNode, get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.engine import DefaultPredictor
+import torch
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
-from detectron2.utils.visualizer import Visualizer
-from PIL import Image
 from tqdm import tqdm
 
-from ..config import (
-    add_panoptic_fpn_ext_config,
-    merge_config_file,
-    merge_config_list,
-    validate_config,
+from ..engine.weights import load_inference_weights
+from .common import (
+    add_config_arguments,
+    build_cfg,
+    check_weights,
+    import_user_modules,
+    parse_arguments,
 )
-from ..data import PanopticDataError, read_image_file
-from ..engine.weights import ALLOW_PARTIAL_FLAG, check_inference_weights, resolve_weights
-from ..evaluation import PanopticExporter
-from ..file_io import atomic_write
-from ..model_zoo import resolve_config_file
+from .image_inputs import IMAGE_EXTENSIONS, ImageFiles, as_is, list_images, output_names
+from .prediction_folder import PredictionFolder, earlier_outputs
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-# Metadata the COCO-panoptic JSON needs (category ids and names).
-REQUIRED_METADATA = (
-    "thing_classes",
-    "stuff_classes",
-    "thing_dataset_id_to_contiguous_id",
-    "stuff_dataset_id_to_contiguous_id",
-)
-# The JSON is rewritten at most this often while images are done (and always at the end), so a
-# long run does not rewrite a growing file after every image.
-JSON_REWRITE_SECONDS = 2.0
-VISUALIZATIONS = "visualizations"
+__all__ = ["main", "build_cfg", "list_images"]
 
 logger = logging.getLogger("panoptic_fpn_ext.tools.predict")  # also when run as __main__
-
-
-def list_images(inputs: List[str], limit: Optional[int]) -> List[str]:
-    """Image files named in ``inputs`` (files, or folders searched one level), sorted per folder,
-    each listed once.
-
-    Raises:
-        FileNotFoundError: an input does not exist, or no image was found.
-    """
-    paths: List[str] = []
-    for item in inputs:
-        if os.path.isdir(item):
-            names = sorted(n for n in os.listdir(item) if n.lower().endswith(IMAGE_EXTENSIONS))
-            paths += [os.path.join(item, n) for n in names]
-        elif os.path.isfile(item):
-            paths.append(item)
-        else:
-            hint = ""
-            if item.isupper() and "." in item:
-                hint = " (config overrides go after --opts: --opts KEY VALUE ...)"
-            raise FileNotFoundError(f"--input {item}: no such file or folder{hint}")
-    if not paths:
-        raise FileNotFoundError(f"--input {inputs}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
-    seen, unique = set(), []
-    for path in paths:  # a file named twice (as itself and in its folder) is predicted once
-        key = os.path.normpath(os.path.abspath(path))
-        if key not in seen:
-            seen.add(key)
-            unique.append(path)
-    return unique[:limit] if limit else unique
-
-
-def output_names(paths: Sequence[str]) -> List[str]:
-    """A distinct output name per image (see the module docstring), in the order of ``paths``.
-
-    Raises:
-        ValueError: two images still get the same name; both paths are named.
-    """
-    absolute = [os.path.abspath(p) for p in paths]
-    root = os.path.commonpath([os.path.dirname(p) for p in absolute])
-    stems, extensions = zip(*(os.path.splitext(os.path.relpath(p, root)) for p in absolute))
-    names = [stem.replace(os.sep, "__") for stem in stems]
-    shared = Counter(names)
-    names = [
-        f"{name}_{ext.lstrip('.')}" if shared[name] > 1 else name
-        for name, ext in zip(names, extensions)
-    ]
-    first: Dict[str, str] = {}
-    for name, path in zip(names, paths):
-        other = first.setdefault(name, path)
-        if other != path:
-            raise ValueError(
-                f"--input images {other} and {path} would both be written as {name}.png; "
-                "rename one of them or predict them in separate runs"
-            )
-    return names
-
-
-def import_user_modules(modules: Sequence[str]) -> None:
-    """Import each module (e.g. the one that registers a user's datasets), naming a failing one."""
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            raise ImportError(
-                f"--import {module}: {e} (the module must be importable: on PYTHONPATH or in "
-                f"the working directory)"
-            ) from e
-
-
-def build_cfg(
-    config_file: str,
-    opts: List[str],
-    dataset: Optional[str] = None,
-    confidence_threshold: Optional[float] = None,
-) -> CfgNode:
-    """The validated, frozen config of a prediction run.
-
-    Args:
-        config_file: the YAML: a path, or the name of one of the plugin's configs
-            (``panoptic_fpn_ext.model_zoo``).
-        opts: command-line ``KEY VALUE`` overrides.
-        dataset: a registered dataset whose metadata names the classes (replaces DATASETS.TEST).
-        confidence_threshold: sets MODEL.ROI_HEADS.SCORE_THRESH_TEST and
-            MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH when given.
-    Raises:
-        ValueError: a bad key or value, naming it; the dataset is not registered.
-    """
-    cfg = get_cfg()
-    add_panoptic_fpn_ext_config(cfg)
-    merge_config_file(cfg, resolve_config_file(config_file))
-    merge_config_list(cfg, opts)
-    cfg.DATASETS.TRAIN = ()  # not used for prediction; its dataset may not be registered here
-    if dataset is not None:
-        cfg.DATASETS.TEST = (dataset,)
-    if confidence_threshold is not None:
-        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = confidence_threshold
-        cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = confidence_threshold
-    _check_prediction_dataset(cfg, dataset is not None)
-    validate_config(cfg)
-    cfg.freeze()
-    return cfg
-
-
-def _check_prediction_dataset(cfg: CfgNode, from_flag: bool) -> None:
-    source = "--dataset" if from_flag else "Config key DATASETS.TEST"
-    if not cfg.DATASETS.TEST:
-        raise ValueError(
-            "Config key DATASETS.TEST is empty, so no dataset metadata names the classes; pass "
-            "--dataset NAME (a registered dataset, e.g. registered by --import MODULE)"
-        )
-    name = cfg.DATASETS.TEST[0]
-    if name not in DatasetCatalog.list():
-        raise ValueError(
-            f"{source} names dataset '{name}', which is not registered; register it in a module "
-            "passed with --import MODULE, or name a registered dataset with --dataset NAME"
-        )
-    metadata = MetadataCatalog.get(name)
-    missing = [key for key in REQUIRED_METADATA if not hasattr(metadata, key)]
-    if missing:
-        raise ValueError(
-            f"Dataset '{name}' ({source}) has no {', '.join(missing)} in its metadata; "
-            "expected the separated panoptic metadata of register_coco_panoptic_dataset"
-        )
-
-
-def check_weights(cfg: CfgNode) -> None:
-    """Resolve MODEL.WEIGHTS (downloading a URL), or warn loudly when it is empty.
-
-    Raises:
-        WeightsNotFoundError: the file does not exist or the URL cannot be fetched.
-    """
-    if cfg.MODEL.WEIGHTS:
-        resolve_weights(cfg.MODEL.WEIGHTS)
-    else:
-        logger.warning(
-            "MODEL.WEIGHTS is empty: predicting with RANDOMLY INITIALISED weights; the output is "
-            "meaningless. Pass --opts MODEL.WEIGHTS path/or/url.pth"
-        )
-
-
-class PredictionFolder:
-    """The output folder: PNGs, visualisations, and a JSON that lists exactly the PNGs present."""
-
-    def __init__(self, output_dir: str, dataset: str, metadata):
-        self.exporter = PanopticExporter("coco", output_dir, dataset, metadata)
-        self.json_path = self.exporter.paths["json"]
-        self.png_dir = self.exporter.paths["png_dir"]
-        self.vis_dir = os.path.join(output_dir, VISUALIZATIONS)
-        self.metadata = metadata
-        self.images: List[Dict[str, Any]] = []
-        self.annotations: List[Dict[str, Any]] = []
-        self._written_at = 0.0
-
-    @staticmethod
-    def earlier_outputs(output_dir: str) -> List[str]:
-        """The prediction files an earlier run left in ``output_dir``."""
-        found = []
-        json_path = os.path.join(output_dir, "panoptic_predictions.json")
-        if os.path.exists(json_path):
-            found.append(json_path)
-        for folder in ("panoptic_predictions", VISUALIZATIONS):
-            path = os.path.join(output_dir, folder)
-            if os.path.isdir(path) and os.listdir(path):
-                found.append(path + os.sep)
-        return found
-
-    def clear(self) -> None:
-        """Delete earlier predictions (the JSON first, so it never lists missing PNGs), then write
-        an empty JSON."""
-        if os.path.exists(self.json_path):
-            os.remove(self.json_path)
-        os.makedirs(self.vis_dir, exist_ok=True)
-        for folder in (self.png_dir, self.vis_dir):
-            for name in os.listdir(folder):
-                os.remove(os.path.join(folder, name))
-        self.write_json()
-
-    def add(self, name: str, path: str, image_bgr, panoptic_seg, segments_info) -> None:
-        """Write one image's PNG and visualisation, then list it (the JSON follows, throttled)."""
-        entry = self.exporter.write(
-            # PanopticExporter names the PNG after the stem of "file_name": here, ``name``.
-            {"image_id": name, "file_name": name + ".png"},
-            panoptic_seg,
-            segments_info,
-        )
-        self._save_visualization(name, image_bgr, panoptic_seg, segments_info)
-        self.annotations.append(entry)
-        height, width = image_bgr.shape[:2]
-        self.images.append({"id": name, "file_name": path, "height": height, "width": width})
-        if time.monotonic() - self._written_at >= JSON_REWRITE_SECONDS:
-            self.write_json()
-
-    def write_json(self) -> None:
-        self.exporter.finish(self.annotations, images=self.images)
-        self._written_at = time.monotonic()
-
-    def close(self) -> None:
-        """Remove the files of an image that was never listed (a run stopped mid-image), then
-        write the JSON of every listed image."""
-        listed = {entry["file_name"] for entry in self.annotations}
-        for folder in (self.png_dir, self.vis_dir):
-            for name in os.listdir(folder):
-                if name not in listed:
-                    os.remove(os.path.join(folder, name))
-        self.write_json()
-
-    def _save_visualization(self, name: str, image_bgr, panoptic_seg, segments_info) -> None:
-        drawn = Visualizer(image_bgr[:, :, ::-1], self.metadata).draw_panoptic_seg(
-            panoptic_seg.cpu(), segments_info
-        )
-        buffer = io.BytesIO()
-        Image.fromarray(drawn.get_image()).save(buffer, format="PNG")
-        path = os.path.join(self.vis_dir, name + ".png")
-        atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
 @contextmanager
@@ -306,25 +79,79 @@ def _sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _batches(items, batch_size: int, skipped: List[Tuple[str, str]]):
+    """Consecutive readable items of one test size, ``batch_size`` at most per list; items
+    with an error go to ``skipped`` (path, reason)."""
+    batch: List[Dict] = []
+    for item in items:
+        if "error" in item:
+            logger.error(f"Skipped {item['path']}: {item['error']}")
+            skipped.append((item["path"], item["error"]))
+            continue
+        if batch and (len(batch) == batch_size or item["image"].shape != batch[0]["image"].shape):
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch
+
+
+@contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    """``torch.set_num_threads(count)`` meanwhile (it is global to the process)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _predict(model: torch.nn.Module, batch: List[Dict]) -> List[Dict]:
+    """The model's outputs for a batch of loader items (in a predicting thread)."""
+    inputs = [{k: item[k] for k in ("image", "height", "width")} for item in batch]
+    with torch.no_grad():
+        return model(inputs)
+
+
 def predict_all(
-    predictor, folder: PredictionFolder, images: Sequence[str], names: Sequence[str]
+    model: torch.nn.Module,
+    loader: torch.utils.data.DataLoader,
+    folder: PredictionFolder,
+    names: Dict[str, str],
+    batch_size: int,
+    parallel: int,
 ) -> List[Tuple[str, str]]:
-    """Predict every image into ``folder``; returns (path, error) of each image not readable."""
-    failures = []
-    with _sigterm_as_exit():
+    """Predict every image of ``loader`` into ``folder``, ``parallel`` batches at once (each
+    in its own thread, with the torch threads shared out); returns (path, reason) of each image
+    skipped."""
+    skipped: List[Tuple[str, str]] = []
+    items = iter(loader)  # starts the workers before SIGTERM is caught: they keep its default
+    pool = ThreadPoolExecutor(max_workers=parallel)
+    in_flight: deque = deque()
+    threads = max(1, torch.get_num_threads() // parallel)
+    with _sigterm_as_exit(), _torch_threads(threads):
         try:
-            for path, name in tqdm(list(zip(images, names)), desc="predict"):
-                try:
-                    image = read_image_file(path, "BGR")
-                except (OSError, PanopticDataError) as e:
-                    logger.error(f"Skipped {path}: {e}")
-                    failures.append((path, str(e)))
-                    continue
-                panoptic_seg, segments_info = predictor(image)["panoptic_seg"]
-                folder.add(name, path, image, panoptic_seg, segments_info)
+            progress = tqdm(total=len(loader), desc="predict")
+            for batch in _batches(items, batch_size, skipped):
+                in_flight.append((batch, pool.submit(_predict, model, batch)))
+                while len(in_flight) > parallel or (in_flight and in_flight[0][1].done()):
+                    _hand_over(folder, names, progress, *in_flight.popleft())
+            while in_flight:
+                _hand_over(folder, names, progress, *in_flight.popleft())
+            folder.flush()
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)
             folder.close()
-    return failures
+    return skipped
+
+
+def _hand_over(folder: PredictionFolder, names: Dict[str, str], progress, batch, task) -> None:
+    """Give the outputs of a predicted batch to the output folder, in input order."""
+    for item, output in zip(batch, task.result()):
+        panoptic_seg, segments_info = output["panoptic_seg"]
+        folder.add(names[item["path"]], item["path"], panoptic_seg, segments_info, item["vis"])
+    progress.update(len(batch))
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -332,13 +159,6 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         prog="python -m panoptic_fpn_ext.tools.predict",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--config-file",
-        required=True,
-        metavar="FILE",
-        help="a config path, or the name of one of the plugin's configs "
-        "(e.g. COCO-PanopticSegmentation/panoptic_fpn_ext_R_50_1x.yaml)",
     )
     parser.add_argument("--input", nargs="+", required=True, help="image files or folders")
     parser.add_argument("--output", required=True, help="output folder")
@@ -351,38 +171,36 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH (default: the config's)",
     )
     parser.add_argument(
-        "--dataset",
-        default=None,
-        help="registered dataset whose metadata names the classes (default: DATASETS.TEST[0])",
+        "--vis", action=argparse.BooleanOptionalAction, default=True,
+        help="write visualisations (default: --vis)",
     )
     parser.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="import MODULE first (e.g. the code that registers your dataset); repeatable",
+        "--vis-max-side", type=int, default=1024,
+        help="visualisations are drawn at most this many pixels on their longer side",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None,
+        help="images per model call (consecutive images of one test size; default 4 on CPU, "
+        "1 on CUDA)",
+    )
+    parser.add_argument(
+        "--parallel", type=int, default=None,
+        help="batches predicted at once, each in its own thread with its share of the torch "
+        "threads (default: 2 on CPU, 1 on CUDA)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None,
+        help="data-loader processes that decode images (default: DATALOADER.NUM_WORKERS)",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace earlier predictions in --output"
     )
-    parser.add_argument(
-        ALLOW_PARTIAL_FLAG,
-        dest="allow_partial",
-        action="store_true",
-        help="predict with weights that leave tensors of the model unloaded (refused otherwise)",
-    )
-    parser.add_argument(
-        "--opts",
-        default=[],
-        nargs=argparse.REMAINDER,
-        help="config overrides, KEY VALUE pairs, e.g. --opts MODEL.WEIGHTS model.pth",
-    )
-    return parser.parse_args(argv)
+    add_config_arguments(parser)
+    return parse_arguments(parser, argv)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run the tool; returns the exit status (0: all predicted, 1: some images unreadable).
+    """Run the tool; returns the exit status (0: all predicted, 1: some images skipped).
 
     Every check (config, dataset, weights, inputs, output folder) runs before anything is written.
     """
@@ -391,31 +209,60 @@ def main(argv: Optional[List[str]] = None) -> int:
     import_user_modules(args.imports)
     cfg = build_cfg(args.config_file, args.opts, args.dataset, args.confidence_threshold)
     check_weights(cfg)
-    images = list_images(args.input, args.limit)
+    ignored: List[str] = []
+    images = list_images(args.input, args.limit, args.output, ignored)
     names = output_names(images)
-    earlier = PredictionFolder.earlier_outputs(args.output)
+    earlier = earlier_outputs(args.output)
     if earlier and not args.overwrite:
         raise FileExistsError(
             f"--output {args.output} holds earlier predictions ({', '.join(earlier)}); pass "
             "--overwrite to replace them, or choose another --output"
         )
-    predictor = DefaultPredictor(cfg)
-    check_inference_weights(predictor.model, cfg.MODEL.WEIGHTS, allow_partial=args.allow_partial)
+    model = build_model(cfg).eval()
+    load_inference_weights(model, cfg.MODEL.WEIGHTS, allow_partial=args.allow_partial)
     dataset = cfg.DATASETS.TEST[0]
-    folder = PredictionFolder(args.output, dataset, MetadataCatalog.get(dataset))
+    folder = PredictionFolder(args.output, dataset, MetadataCatalog.get(dataset), args.vis)
     folder.clear()
-    failures = predict_all(predictor, folder, images, names)
-    print(
-        f"Predicted {len(folder.annotations)} of {len(images)} images: {folder.json_path}, "
-        f"{folder.png_dir}{os.sep}, {folder.vis_dir}{os.sep}"
+    loader = _data_loader(cfg, images, args)
+    on_cuda = cfg.MODEL.DEVICE.startswith("cuda")
+    parallel = args.parallel or (1 if on_cuda else 2)
+    batch_size = args.batch_size or (1 if on_cuda else 4)
+    skipped = predict_all(model, loader, folder, names, batch_size, parallel)
+    written = [folder.json_path, folder.png_dir + os.sep] + [folder.vis_dir + os.sep] * args.vis
+    print(f"Predicted {len(folder.annotations)} of {len(images)} images: {', '.join(written)}")
+    return print_summary(skipped, ignored)
+
+
+def _data_loader(cfg, images: Sequence[str], args) -> torch.utils.data.DataLoader:
+    workers = cfg.DATALOADER.NUM_WORKERS if args.workers is None else args.workers
+    vis_max_side = args.vis_max_side if args.vis else None
+    dataset = ImageFiles(
+        images, cfg.INPUT.FORMAT, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, vis_max_side
     )
-    if failures:
-        print(f"{len(failures)} image(s) could not be read:", file=sys.stderr)
-        for path, error in failures:
-            print(f"  {path}: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=None, collate_fn=as_is, num_workers=min(workers, len(images) - 1)
+    )
+
+
+def print_summary(skipped: List[Tuple[str, str]], ignored: List[str]) -> int:
+    """Name what was skipped and why; returns the exit status (1 if an image was skipped)."""
+    if ignored:
+        print(
+            f"Ignored {len(ignored)} file(s) in the input folders without an image extension "
+            f"({', '.join(IMAGE_EXTENSIONS)}):",
+            file=sys.stderr,
+        )
+        for path in ignored:
+            print(f"  {path}", file=sys.stderr)
+    if skipped:
+        print(f"Skipped {len(skipped)} image(s) that could not be read:", file=sys.stderr)
+        for path, reason in skipped:
+            print(f"  {path}: {reason}", file=sys.stderr)
+    return 1 if skipped else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C: the outputs are consistent (see above); status 128 + 2
+        sys.exit(130)

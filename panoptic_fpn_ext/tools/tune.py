@@ -2,7 +2,7 @@
 
     python -m panoptic_fpn_ext.tools.tune --config-file CONFIG [--dataset NAME] [--output DIR]
         [--grid KEY=VALUES ...] [--analyze config|best|C,O,A] [--workers N] [--cache DIR]
-        [--rebuild-cache] [--top K] [--import MODULE] --opts MODEL.WEIGHTS model.pth [KEY VALUE ...]
+        [--rebuild-cache] [--top K] [--import MODULE] [--allow-partial-weights] --opts MODEL.WEIGHTS model.pth [KEY VALUE ...]
 
 1. One network pass over the dataset (Detectron2's test loader and the model, as
    ``train_net.py --eval-only`` runs them) keeps what the combiner needs of each image in a cache
@@ -38,7 +38,6 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.evaluation.evaluator import inference_context
@@ -48,13 +47,13 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..data import PanopticDatasetMapper
-from ..engine.weights import resolve_weights
+from ..engine.weights import load_inference_weights, resolve_weights
 from ..evaluation.combiner_cache import CachedImage, CombinerCache, read_shard_ids
 from ..evaluation.panoptic_evaluator import usable_cores
 from ..evaluation.pq_errors import analyze_errors
 from ..evaluation.threshold_sweep import DatasetClasses, Setting, ShardTask, sweep, sweep_key
 from ..file_io import atomic_write
-from .predict import build_cfg, import_user_modules
+from .common import add_config_arguments, build_cfg, import_user_modules, parse_arguments
 from .tune_plots import plot_confusion, plot_errors, plot_per_class, plot_thresholds
 from .tune_report import SweepReport, error_json, error_table, parse_grid, parse_setting
 
@@ -139,7 +138,9 @@ def ground_truth_fingerprint(records: Sequence[Dict]) -> str:
     )
 
 
-def run_network(cfg: CfgNode, records: Sequence[Dict], cache: CombinerCache) -> int:
+def run_network(
+    cfg: CfgNode, records: Sequence[Dict], cache: CombinerCache, allow_partial: bool = False
+) -> int:
     """Predict the ``records`` not in ``cache`` yet (in order), writing them as shards; returns
     how many were predicted. Images and model as ``train_net.py --eval-only``: Detectron2's test
     loader with the plugin's mapper, batch 1, the model in eval mode without gradients."""
@@ -148,7 +149,7 @@ def run_network(cfg: CfgNode, records: Sequence[Dict], cache: CombinerCache) -> 
     if not todo:
         return 0
     model = build_model(cfg)
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    load_inference_weights(model, cfg.MODEL.WEIGHTS, allow_partial=allow_partial)
     loader = build_detection_test_loader(
         todo,
         mapper=PanopticDatasetMapper(cfg, is_train=False),
@@ -192,18 +193,6 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--config-file",
-        required=True,
-        metavar="FILE",
-        help="a config path (e.g. a training run's OUTPUT_DIR/config.yaml), or the name of one "
-        "of the plugin's configs",
-    )
-    parser.add_argument(
-        "--dataset",
-        default=None,
-        help="registered panoptic dataset to tune on (default: DATASETS.TEST[0])",
-    )
-    parser.add_argument(
         "--output", default=None, help="output folder (default: OUTPUT_DIR/tune_<dataset>)"
     )
     parser.add_argument(
@@ -234,21 +223,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         default=0,
         help="processes of the sweep on the CPU (default: one per usable core)",
     )
-    parser.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="import MODULE first (e.g. the code that registers your dataset); repeatable",
-    )
-    parser.add_argument(
-        "--opts",
-        default=[],
-        nargs=argparse.REMAINDER,
-        help="config overrides, KEY VALUE pairs, e.g. --opts MODEL.WEIGHTS model.pth",
-    )
-    return parser.parse_args(argv)
+    add_config_arguments(parser)
+    return parse_arguments(parser, argv)
 
 
 def check_inputs(cfg: CfgNode, records: Sequence[Dict]) -> None:
@@ -302,7 +278,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     workers = args.workers or usable_cores()
 
     start = time.perf_counter()
-    predicted = run_network(cfg, records, cache)
+    predicted = run_network(cfg, records, cache, args.allow_partial)
     network_seconds = time.perf_counter() - start
     tasks = shard_tasks(cache, records)
     key = sweep_key(settings, ground_truth_fingerprint(records), cfg.MODEL.DEVICE)
