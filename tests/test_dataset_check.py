@@ -206,6 +206,7 @@ def test_check_datasets_follows_the_config_key(tmp_path, monkeypatch):
     name, _ = _registered_broken_dataset(tmp_path)
     cfg = get_cfg()
     add_panoptic_fpn_ext_config(cfg)
+    cfg.merge_from_file(CONFIG)  # the class counts of the shapes data
     cfg.PANOPTIC_FPN_EXT.DATA_CHECK = "off"
     check_datasets(cfg, [name])  # nothing checked
     cfg.PANOPTIC_FPN_EXT.DATA_CHECK = "full"

@@ -18,6 +18,7 @@ model.sem_seg_head.loss_weight = 1.0
 dataloader.train.dataset.roi_heads_num_classes = None  # the test loader's follow the train's
 dataloader.train.dataset.semantic_target = "all_classes"
 dataloader.train.mapper.num_stuff_classes = 11  # stuff labels 0..10, things from 11
+dataloader.train.mapper.compact_sem_seg = False  # Detectron2's SemanticSegmentor takes int64
 dataloader.evaluator.semantic_target = "all_classes"
 dataloader.evaluator.mask_on = False
 train.init_checkpoint = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"

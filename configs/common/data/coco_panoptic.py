@@ -1,7 +1,7 @@
 # The data of Base-PanopticFPNExt.yaml for LazyConfigs: the plugin's COCO 2017 panoptic datasets,
 # read from the panoptic PNGs + JSON by PanopticDatasetMapper, checked against the model's class
-# counts when the loaders are built (checked_dataset_dicts), and the evaluators of the YAML route
-# (PQ, mIoU, box/mask AP) with the plugin's default settings (PANOPTIC_FPN_EXT.EVAL.*).
+# counts and every record's files checked when the loaders are built (checked_dataset_dicts), and
+# the evaluators of the YAML route (PQ, mIoU, box/mask AP) with the plugin's default settings.
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
@@ -22,6 +22,7 @@ dataloader.train = L(build_detection_train_loader)(
         roi_heads_num_classes="${model.roi_heads.num_classes}",
         semantic_target=_defaults.PANOPTIC_FPN_EXT.SEMANTIC_TARGET,
         filter_empty=False,  # images with only stuff still train the semantic branch
+        data_check=_defaults.PANOPTIC_FPN_EXT.DATA_CHECK,  # every record's files, at load
     ),
     mapper=L(PanopticDatasetMapper)(
         is_train=True,
@@ -36,6 +37,7 @@ dataloader.train = L(build_detection_train_loader)(
         image_format=_defaults.INPUT.FORMAT,
         ignore_value="${model.sem_seg_head.ignore_value}",
         num_stuff_classes=0,  # Panoptic FPN's semantic target: 0 = things, stuff 1..S
+        compact_sem_seg=True,  # uint8 labels, widened by PanopticFPNExt on its device
     ),
     total_batch_size=16,
     num_workers=_defaults.DATALOADER.NUM_WORKERS,
@@ -47,6 +49,7 @@ dataloader.test = L(build_detection_test_loader)(
         roi_heads_num_classes="${...train.dataset.roi_heads_num_classes}",
         semantic_target="${...train.dataset.semantic_target}",
         filter_empty=False,
+        data_check="${...train.dataset.data_check}",
     ),
     mapper=L(PanopticDatasetMapper)(
         is_train=False,
@@ -60,6 +63,7 @@ dataloader.test = L(build_detection_test_loader)(
         image_format="${...train.mapper.image_format}",
         ignore_value="${...train.mapper.ignore_value}",
         num_stuff_classes="${...train.mapper.num_stuff_classes}",
+        compact_sem_seg="${...train.mapper.compact_sem_seg}",
     ),
     num_workers="${..train.num_workers}",
 )
