@@ -167,7 +167,7 @@ def _evaluated_weights(folder: str):
     path = os.path.join(folder, "config.yaml")
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         return ((yaml.safe_load(f) or {}).get("MODEL") or {}).get("WEIGHTS", "")
 
 

@@ -163,9 +163,10 @@ def layout_name(model: nn.Module) -> str:
     return "channels_last" if is_channels_last else "contiguous"
 
 
-def other_layout(device: str) -> str:
-    """The explicit MEMORY_FORMAT that "auto" does not pick on ``device``."""
-    auto = resolve_memory_format("auto", device)
+def other_layout(device: str, training: bool = False) -> str:
+    """The explicit MEMORY_FORMAT that "auto" does not pick on ``device`` (in training or in
+    inference)."""
+    auto = resolve_memory_format("auto", device, training)
     return "contiguous" if auto == torch.channels_last else "channels_last"
 
 

@@ -20,7 +20,7 @@ model's on its own route's batch.
 The models come from their COCO panoptic R50-FPN 1x configs with the same weights (Detectron2's
 randomly initialised with a fixed seed and calibrated as in ``bench_inference.py``, then loaded
 strictly into the plugin); the plugin runs with its default config
-(``MODEL.PANOPTIC_FPN_EXT.MEMORY_FORMAT "auto"``: channels-last on CPU, contiguous on CUDA) and
+(``MODEL.PANOPTIC_FPN_EXT.MEMORY_FORMAT "auto"``: contiguous in training, on CPU and CUDA) and
 with the other layout set explicitly. Before timing, one iteration of each from identical states
 (same weights, same RNG state for the proposal sampling) is checked, with TF32 off on a GPU
 (``common.tf32_disabled``), to give Detectron2's losses: to ``LOSS_RTOL`` in the contiguous
@@ -176,7 +176,7 @@ def build_models(
 
 def build_model_for(route: str, device: str) -> nn.Module:
     """An unloaded model of one of :data:`ROUTES`."""
-    memory_format = other_layout(device) if route == "other" else "auto"
+    memory_format = other_layout(device, training=True) if route == "other" else "auto"
     return build_model(model_config(route != "reference", device, memory_format))
 
 

@@ -135,7 +135,7 @@ def _missing_base_error(path: str) -> Optional[FileNotFoundError]:
     Bases are resolved as fvcore's ``CfgNode.load_yaml_with_base`` does: relative to the file
     that names them, ``~`` expanded; a list of bases is followed in order.
     """
-    with PathManager.open(path) as f:
+    with PathManager.open(path, encoding="utf-8") as f:
         bases = (yaml.safe_load(f) or {}).get(BASE_KEY, [])
     for base in [bases] if isinstance(bases, str) else bases:
         resolved = os.path.expanduser(base)

@@ -27,6 +27,7 @@ from panoptic_fpn_ext.data import (
 )
 from panoptic_fpn_ext.data.check_cache import VerdictCache
 from panoptic_fpn_ext.data.synthetic import shapes_paths
+from panoptic_fpn_ext.model_zoo.lazy import checked_dataset_dicts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "quick_start", "panoptic_fpn_ext_R_18_shapes.yaml")
@@ -215,3 +216,15 @@ def test_check_datasets_follows_the_config_key(tmp_path, monkeypatch):
     cfg.DATASETS.TRAIN, cfg.INPUT.MASK_FORMAT = (name,), "bitmask"
     with pytest.raises(PanopticDataError, match=f"Dataset '{name}'"):  # a failure is not kept
         PanopticDatasetMapper(cfg, is_train=True)
+
+
+def test_lazyconfig_loaders_check_the_files_unless_told_not_to(tmp_path, monkeypatch):
+    """The LazyConfigs' ``checked_dataset_dicts`` (their loaders' dataset) runs the check."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    name, expected = _registered_broken_dataset(tmp_path)
+    counts = {"sem_seg_num_classes": 4, "roi_heads_num_classes": 3}  # the shapes data's
+    with pytest.raises(PanopticDataError) as error:
+        checked_dataset_dicts(name, **counts)
+    for text in [f"Dataset '{name}'", *expected]:
+        assert text in str(error.value), text
+    assert len(checked_dataset_dicts(name, data_check="off", **counts)) == 8

@@ -38,6 +38,19 @@ def test_memory_format_resolves_per_device(setting, device, expected):
 
 
 @pytest.mark.parametrize(
+    "setting, device, expected",
+    [
+        ("auto", "cpu", torch.contiguous_format),
+        ("auto", "cuda", torch.contiguous_format),
+        ("channels_last", "cpu", torch.channels_last),
+        ("channels_last", "cuda", torch.channels_last),
+    ],
+)
+def test_memory_format_in_training(setting, device, expected):
+    assert resolve_memory_format(setting, device, training=True) == expected
+
+
+@pytest.mark.parametrize(
     "setting, expected", [("", None), ("float16", torch.float16), ("bfloat16", torch.bfloat16)]
 )
 def test_autocast_dtypes(setting, expected):

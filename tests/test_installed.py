@@ -17,6 +17,17 @@ from panoptic_fpn_ext.data.synthetic import load_shapes_dataset
 for split, count in (("train", 8), ("val", 4)):
     load_shapes_dataset("my_data", split, count, (96, 96), seed=1)
 """
+# The two splits of MAKE_MY_DATA registered as "my_train" and "my_val" (after README's snippet,
+# which imports panoptic_fpn_ext).
+REGISTER_MY_DATA = """
+from panoptic_fpn_ext import model_zoo
+
+for split in ("train", "val"):
+    panoptic_fpn_ext.register_coco_panoptic_dataset(
+        f"my_{split}", f"my_data/{split}", f"my_data/panoptic_{split}",
+        f"my_data/annotations/panoptic_{split}.json",
+    )
+"""
 
 
 def readme_python_block(heading: str) -> str:
@@ -62,16 +73,9 @@ def test_wheel_carries_every_config_of_the_repository(installed_plugin):
 # Two iterations of R18, then PQ and box/mask AP through the EvalHook (~10 s on 2 cores)
 def test_default_trainer_trains_and_evaluates_through_detectron2_hooks(installed_plugin, tmp_path):
     code = MAKE_MY_DATA + readme_python_block("### Training with Detectron2's `DefaultTrainer`")
-    code += """
+    code += REGISTER_MY_DATA + """
 import json
 from detectron2.engine.hooks import EvalHook
-from panoptic_fpn_ext import model_zoo
-
-for split in ("train", "val"):
-    panoptic_fpn_ext.register_coco_panoptic_dataset(
-        f"my_{split}", f"my_data/{split}", f"my_data/panoptic_{split}",
-        f"my_data/annotations/panoptic_{split}.json",
-    )
 cfg = model_zoo.get_config("quick_start/panoptic_fpn_ext_R_18_shapes.yaml")
 cfg.merge_from_list([
     "DATASETS.TRAIN", "('my_train',)", "DATASETS.TEST", "('my_val',)", "SOLVER.MAX_ITER", "2",

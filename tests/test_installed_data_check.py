@@ -3,7 +3,7 @@ wheel: bad data is refused when the trainer is built, before training writes any
 
 import os
 
-from test_installed import MAKE_MY_DATA, readme_python_block
+from test_installed import MAKE_MY_DATA, REGISTER_MY_DATA, readme_python_block
 
 BREAK_MY_TRAIN = """
 import json
@@ -28,14 +28,7 @@ print("BAD", wrong_size, truncated)
 def test_default_trainer_refuses_bad_data_when_built(installed_plugin, tmp_path):
     code = MAKE_MY_DATA + "import os\n" + BREAK_MY_TRAIN
     code += readme_python_block("### Training with Detectron2's `DefaultTrainer`")
-    code += """
-from panoptic_fpn_ext import model_zoo
-
-for split in ("train", "val"):
-    panoptic_fpn_ext.register_coco_panoptic_dataset(
-        f"my_{split}", f"my_data/{split}", f"my_data/panoptic_{split}",
-        f"my_data/annotations/panoptic_{split}.json",
-    )
+    code += REGISTER_MY_DATA + """
 cfg = model_zoo.get_config("quick_start/panoptic_fpn_ext_R_18_shapes.yaml")
 cfg.merge_from_list([
     "DATASETS.TRAIN", "('my_train',)", "DATASETS.TEST", "('my_val',)", "SOLVER.MAX_ITER", "2",

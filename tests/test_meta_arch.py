@@ -332,11 +332,23 @@ def _layouts(model):
     return layouts
 
 
-def test_auto_memory_format_is_channels_last_on_cpu():
+def test_auto_memory_format_on_cpu_is_channels_last_for_inference_only():
+    """``auto`` on CPU: contiguous in training (``build_model`` gives a model in training mode),
+    channels-last after ``eval()``, contiguous again after ``train()``; the parameters stay the
+    objects an optimizer holds, with the same values."""
     model = build_model(tiny_cfg(memory_format="auto"))
-    assert model.device.type == "cpu"
+    assert model.device.type == "cpu" and model.training
+    assert model.applied_memory_format == torch.contiguous_format
+    assert _layouts(model) == {"contiguous"}
+    parameters = list(model.parameters())
+    values = [p.detach().clone() for p in parameters]
+    model.eval()
     assert model.applied_memory_format == torch.channels_last
     assert _layouts(model) == {"channels_last"}
+    model.train()
+    assert _layouts(model) == {"contiguous"}
+    assert all(p is q for p, q in zip(model.parameters(), parameters))
+    assert all(torch.equal(p, v) for p, v in zip(model.parameters(), values))
 
 
 def test_memory_format_follows_the_device_the_model_moves_to():
@@ -358,7 +370,7 @@ def test_direct_construction_has_the_config_default_memory_format():
     del arguments["memory_format"]
     direct = PanopticFPNExt(**arguments)
     assert direct.memory_format == from_yaml.memory_format == "auto"
-    assert _layouts(direct) == _layouts(from_yaml) == {"channels_last"}
+    assert _layouts(direct.eval()) == _layouts(from_yaml.eval()) == {"channels_last"}
 
 
 def test_invalid_memory_format_names_the_argument():
@@ -414,6 +426,24 @@ def test_bfloat16_inference_keeps_the_output_dtypes(models):
         "semantic logits, bfloat16", autocast[logits], exact[logits], reference[logits], 0, bound
     )
     assert checked.variant_error > FACTOR * checked.reference_error
+
+
+def test_bfloat16_inference_pools_float32_features_at_float32_boxes(models):
+    """Detectron2's ROIAlign casts the boxes to the features' dtype: under bfloat16 autocast the
+    poolers must get float32 features, or every box corner is rounded to 8 significant bits."""
+    fast = _autocast_model(models, "bfloat16")
+    seen = []
+
+    def record(pooler, args):
+        features, boxes = args[0], args[1]
+        seen.append(({x.dtype for x in features}, {b.tensor.dtype for b in boxes}))
+
+    for pooler in (fast.roi_heads.box_pooler, fast.roi_heads.mask_pooler):
+        pooler.register_forward_pre_hook(record)
+    with torch.no_grad():
+        outputs = fast(images_only(batch()))
+    assert len(seen) == 2 and all(len(x["instances"]) > 0 for x in outputs)
+    assert seen == [({torch.float32}, {torch.float32})] * 2
 
 
 def test_invalid_inference_autocast_names_the_key(models):

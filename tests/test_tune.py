@@ -30,6 +30,7 @@ from panoptic_fpn_ext.evaluation.combiner_cache import (
     CacheMismatchError,
     read_shard_ids,
 )
+from panoptic_fpn_ext.engine.weights import WeightsMismatchError
 from panoptic_fpn_ext.tools import tune
 from panoptic_fpn_ext.tools.tune_report import parse_grid, parse_setting
 from panoptic_fpn_ext.evaluation.threshold_sweep import Setting
@@ -217,6 +218,20 @@ def test_grid_and_setting_errors_name_the_item():
     grid = parse_grid(["confidence=0.2:0.4:3", "OVERLAP_THRESH=0.5", "stuff_area=64"], config)
     assert [s.confidence for s in grid] == pytest.approx([0.2, 0.3, 0.4, 0.5])
     assert len(parse_grid([], config)) == 125  # the default 5 x 5 x 5 holds the config's
+
+
+def test_weights_that_do_not_fit_are_refused_before_anything_is_written(inputs, tmp_path):
+    """As ``train_net.py --eval-only``: a tensor of the model missing from the weights stops the
+    tool (naming the key and ``--allow-partial-weights``) before the cache or any output."""
+    state = torch.load(inputs["weights"], map_location="cpu", weights_only=False)
+    model = state["model"] if "model" in state else state
+    del model["roi_heads.box_predictor.cls_score.weight"]
+    partial = str(tmp_path / "partial.pth")
+    torch.save({"model": model}, partial)
+    output = tmp_path / "out"
+    with pytest.raises(WeightsMismatchError, match="cls_score.weight.*--allow-partial-weights"):
+        _run(inputs, output, weights=partial)
+    assert not output.exists()
 
 
 def test_equals_train_net_eval_only_and_runs_from_its_outputs(inputs, tmp_path):

@@ -97,7 +97,7 @@ def panoptic_metadata_from_categories(
 def _read_json(path: str, missing_hint: str) -> Dict[str, Any]:
     if not PathManager.isfile(path):
         raise FileNotFoundError(f"Panoptic JSON {path} does not exist. {missing_hint}".rstrip())
-    with PathManager.open(path) as f:
+    with PathManager.open(path, encoding="utf-8") as f:
         try:
             data = json.load(f)
         except json.JSONDecodeError as e:

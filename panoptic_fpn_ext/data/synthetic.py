@@ -279,7 +279,7 @@ def _info(split: str, num_images: int, image_size: Tuple[int, int], seed: int) -
 
 
 def _dump_json(data: Dict[str, Any], path: str) -> None:
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, sort_keys=True)
 
 
@@ -376,7 +376,7 @@ def _install(tmp: str, root: str, split: str) -> None:
 def _split_lock(root: str, split: str) -> Iterator[None]:
     """Exclusive lock on a split, so that concurrent processes do not generate it twice."""
     os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, f".{split}.lock"), "w") as lock:
+    with open(os.path.join(root, f".{split}.lock"), "wb") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -431,7 +431,7 @@ def _is_complete(path: str, expected_info: Dict[str, Any]) -> bool:
     """Whether the panoptic JSON exists and was written with the expected arguments."""
     if not os.path.isfile(path):
         return False
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         return json.load(f).get("info") == expected_info
 
 

@@ -283,7 +283,7 @@ def _read_manifest(path: str) -> Optional[Dict[str, Any]]:
     if not os.path.exists(path):
         return None
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         return {"manifest": f"unreadable: {e}"}

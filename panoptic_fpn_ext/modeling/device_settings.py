@@ -16,10 +16,11 @@ __all__ = [
     "resolve_memory_format",
 ]
 
-# "auto" picks per device the layout measured faster there (BENCHMARKS.md): channels-last on CPU
-# (R50-FPN inference 0.86x vs 0.96x of Detectron2's time; training at parity either way, so the
-# layout does not change with train/eval mode), contiguous (Detectron2's NCHW) on CUDA, where
-# channels-last cost 1.12x inference time and 1.04x training memory on an H200.
+# "auto" picks per device and mode the layout measured faster there (BENCHMARKS.md):
+# channels-last for inference on CPU (R50-FPN inference 0.86x vs 0.96x of Detectron2's time);
+# contiguous (Detectron2's NCHW) in training on CPU (at 2 COCO-like images of 800x1067 a
+# channels-last iteration took 1.42x Detectron2's time, a contiguous one 0.95x) and on CUDA,
+# where channels-last cost 1.12x inference time and 1.04x training memory on an H200.
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 _CHANNELS_LAST_DEVICES = ("cpu",)
 # Autocast dtypes of INFERENCE_AUTOCAST; "" runs the network in float32.
@@ -37,19 +38,24 @@ def check_memory_format(setting: str, name: str = "memory_format") -> str:
     return setting
 
 
-def resolve_memory_format(setting: str, device: Union[str, torch.device]) -> torch.memory_format:
-    """The memory layout for a model on ``device``.
+def resolve_memory_format(
+    setting: str, device: Union[str, torch.device], training: bool = False
+) -> torch.memory_format:
+    """The memory layout for a model on ``device``, in training or in inference.
 
     Args:
-        setting: one of :data:`MEMORY_FORMATS`; "auto" gives ``torch.channels_last`` on the
-            device types in ``_CHANNELS_LAST_DEVICES`` (CPU) and ``torch.contiguous_format``
-            elsewhere (CUDA and any other device, where it is Detectron2's layout).
+        setting: one of :data:`MEMORY_FORMATS`; "auto" gives ``torch.channels_last`` for
+            inference on the device types in ``_CHANNELS_LAST_DEVICES`` (CPU) and
+            ``torch.contiguous_format`` in training and elsewhere (CUDA and any other device,
+            where it is Detectron2's layout).
         device: the model's device.
+        training: whether the model is in training mode.
     """
     check_memory_format(setting)
     if setting == "auto":
         device_type = torch.device(device).type
-        setting = "channels_last" if device_type in _CHANNELS_LAST_DEVICES else "contiguous"
+        channels_last = device_type in _CHANNELS_LAST_DEVICES and not training
+        setting = "channels_last" if channels_last else "contiguous"
     return torch.channels_last if setting == "channels_last" else torch.contiguous_format
 
 

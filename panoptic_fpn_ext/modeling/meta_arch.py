@@ -38,9 +38,10 @@ class PanopticFPNExt(PanopticFPN):
     weights and the input batch in channels-last layout, so every convolution runs channels-last;
     "contiguous" keeps Detectron2's NCHW layout (outputs bit-identical to Detectron2's
     ``PanopticFPN``); "auto" (the default) picks per device what was measured faster there
-    (:func:`~.device_settings.resolve_memory_format`: channels-last on CPU, contiguous on CUDA).
-    The layout follows the model's device: ``model.to(device)`` (as ``build_model`` does with
-    ``MODEL.DEVICE``) re-resolves it. Weights loaded later keep the layout (``load_state_dict``
+    (:func:`~.device_settings.resolve_memory_format`: channels-last for inference on CPU,
+    contiguous in training and on CUDA). The layout follows the model's device and mode:
+    ``model.to(device)`` (as ``build_model`` does with ``MODEL.DEVICE``), ``model.train()`` and
+    ``model.eval()`` re-resolve it. Weights loaded later keep the layout (``load_state_dict``
     copies into the existing tensors); state_dict keys and shapes do not depend on it.
 
     Inference precision (``MODEL.PANOPTIC_FPN_EXT.INFERENCE_AUTOCAST``): "" runs in float32;
@@ -136,10 +137,19 @@ class PanopticFPNExt(PanopticFPN):
             self._apply_memory_format()
         return self
 
+    def train(self, mode: bool = True) -> "PanopticFPNExt":
+        """``nn.Module.train`` (``eval`` too), then the memory layout ``memory_format`` gives in
+        that mode ("auto" differs between training and inference on CPU). The parameters stay
+        the same objects (an optimizer holding them keeps working); their data are converted."""
+        super().train(mode)
+        if hasattr(self, "applied_memory_format"):  # not while the base class is initialised
+            self._apply_memory_format()
+        return self
+
     def _apply_memory_format(self) -> None:
         """Convert the 4-D weights to the layout that ``memory_format`` gives on ``self.device``
-        (a no-op when they are in it already)."""
-        layout = resolve_memory_format(self.memory_format, self.device)
+        in the current mode (a no-op when they are in it already)."""
+        layout = resolve_memory_format(self.memory_format, self.device, self.training)
         if layout != self.applied_memory_format:
             self.applied_memory_format = layout  # first: the conversion calls _apply again
             self.to(memory_format=layout)
@@ -208,14 +218,26 @@ class PanopticFPNExt(PanopticFPN):
 
 def _contiguous_features(roi_heads: torch.nn.Module, args: Tuple) -> Optional[Tuple]:
     """Forward pre-hook of the RoI heads at inference: the FPN features (``args[1]``, {name:
-    (B, C, H, W)}) in contiguous layout. torchvision's ``roi_align`` reads a channels-last map by
-    first copying it whole; the box and the mask pooler would each copy every level. In training
-    the features are left as they are: copies made here would all be alive at once, raising the
-    peak memory, where ``roi_align``'s own copies are made and freed one level at a time."""
+    (B, C, H, W)}) in contiguous layout, and in float32 under autocast.
+
+    Layout: torchvision's ``roi_align`` reads a channels-last map by first copying it whole; the
+    box and the mask pooler would each copy every level. In training the features are left as
+    they are: copies made here would all be alive at once, raising the peak memory, where
+    ``roi_align``'s own copies are made and freed one level at a time.
+
+    Precision: Detectron2's ``ROIAlign`` casts the boxes to the features' dtype, so bfloat16
+    features would pool at box corners rounded to 8 significant bits (a corner at x = 700.3 px
+    becomes 700; at 1000-2000 px, steps of 8 px). Pooling float32 features at float32 boxes
+    keeps the boxes exact; the heads after the poolers still run under autocast.
+    """
     if roi_heads.training:
         return None
     images, features, *rest = args
-    features = {name: x.contiguous() for name, x in features.items()}
+    device_type = next(iter(features.values())).device.type
+    upcast = torch.is_autocast_enabled(device_type)
+    features = {
+        name: (x.float() if upcast else x).contiguous() for name, x in features.items()
+    }
     return (images, features, *rest)
 
 

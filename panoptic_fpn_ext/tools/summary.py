@@ -27,7 +27,7 @@ ROWS: List[Tuple[str, str, str]] = [
 def load_results(path: str) -> Dict[str, Dict[str, float]]:
     """The results dict of ``path`` ({task: {metric: value}}); errors name the file."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise SystemExit(f"Cannot read evaluation results {path}: {e}")

@@ -138,18 +138,35 @@ def ground_truth_fingerprint(records: Sequence[Dict]) -> str:
     )
 
 
+def inference_model(cfg: CfgNode, allow_partial: bool = False) -> torch.nn.Module:
+    """The model of ``cfg`` with ``MODEL.WEIGHTS`` loaded and checked, as ``train_net.py
+    --eval-only`` loads it.
+
+    Raises:
+        WeightsMismatchError: the weights leave tensors of the model unloaded (and not
+            ``allow_partial``: the tool's ``--allow-partial-weights``).
+    """
+    model = build_model(cfg)
+    load_inference_weights(model, cfg.MODEL.WEIGHTS, allow_partial=allow_partial)
+    return model
+
+
 def run_network(
-    cfg: CfgNode, records: Sequence[Dict], cache: CombinerCache, allow_partial: bool = False
+    cfg: CfgNode,
+    records: Sequence[Dict],
+    cache: CombinerCache,
+    model: Optional[torch.nn.Module] = None,
 ) -> int:
     """Predict the ``records`` not in ``cache`` yet (in order), writing them as shards; returns
     how many were predicted. Images and model as ``train_net.py --eval-only``: Detectron2's test
-    loader with the plugin's mapper, batch 1, the model in eval mode without gradients."""
+    loader with the plugin's mapper, batch 1, the model (None: :func:`inference_model`) in eval
+    mode without gradients."""
     done = set(json.dumps(i) for i in cache.cached_image_ids())
     todo = [r for r in records if json.dumps(r["image_id"]) not in done]
     if not todo:
         return 0
-    model = build_model(cfg)
-    load_inference_weights(model, cfg.MODEL.WEIGHTS, allow_partial=allow_partial)
+    if model is None:
+        model = inference_model(cfg)
     loader = build_detection_test_loader(
         todo,
         mapper=PanopticDatasetMapper(cfg, is_train=False),
@@ -274,11 +291,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     classes = DatasetClasses.of(dataset)
     output = args.output or os.path.join(cfg.OUTPUT_DIR, f"tune_{dataset}")
     cache_dir = args.cache or os.path.join(output, "cache")
+    model = inference_model(cfg, args.allow_partial)  # weights checked before the cache is written
     cache = CombinerCache(cache_dir, cache_fingerprint(cfg, weights, records), args.rebuild_cache)
     workers = args.workers or usable_cores()
 
     start = time.perf_counter()
-    predicted = run_network(cfg, records, cache, args.allow_partial)
+    predicted = run_network(cfg, records, cache, model)
     network_seconds = time.perf_counter() - start
     tasks = shard_tasks(cache, records)
     key = sweep_key(settings, ground_truth_fingerprint(records), cfg.MODEL.DEVICE)
