@@ -38,9 +38,7 @@ import yaml
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
-from detectron2.modeling import build_model
 from detectron2.utils import comm
-from torch import nn
 
 from panoptic_fpn_ext import (
     add_panoptic_fpn_ext_config,
@@ -55,8 +53,8 @@ from panoptic_fpn_ext.engine import (
     PanopticFPNExtTrainer,
     ResumeError,
     atomic_write,
+    build_inference_model,
     checkpoint_problem,
-    load_inference_weights,
     resolve_weights,
     resume_checkpoint,
 )
@@ -192,19 +190,6 @@ def checked_config(args) -> CfgNode:
     return cfg
 
 
-def evaluation_model(cfg: CfgNode, args) -> nn.Module:
-    """The ``--eval-only`` model with ``MODEL.WEIGHTS`` loaded and checked. Writes nothing.
-
-    Raises:
-        WeightsMismatchError: the weights leave tensors of the model unloaded (and no
-            ``--allow-partial-weights``), or fill nothing of its backbone.
-    """
-    model = build_model(cfg)
-    allow_partial = getattr(args, "allow_partial_weights", False)
-    load_inference_weights(model, cfg.MODEL.WEIGHTS, allow_partial=allow_partial)
-    return model
-
-
 def start_logging(cfg: CfgNode, args) -> None:
     """Detectron2's ``default_setup`` (writes ``config.yaml`` and the log to OUTPUT_DIR), with
     the config's path (``default_setup`` reads ``args.config_file`` again: a config's name would
@@ -232,7 +217,9 @@ def save_results(cfg, results) -> None:
 def main(args):
     cfg = checked_config(args)
     if args.eval_only:
-        model = evaluation_model(cfg, args)  # weights checked before anything is written
+        allow_partial = getattr(args, "allow_partial_weights", False)
+        # the weights loaded and checked before anything is written
+        model = build_inference_model(cfg, allow_partial=allow_partial)
         start_logging(cfg, args)
         if model.loaded_weights is not None:  # the summary, also in log.txt
             logging.getLogger(PLUGIN_LOGGER).info(model.loaded_weights.summary())

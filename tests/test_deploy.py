@@ -26,7 +26,6 @@ from panoptic_fpn_ext.data.synthetic import generate_shapes_dataset, random_shap
 from panoptic_fpn_ext.deploy import (
     PanopticInference,
     combine_panoptic_table,
-    export_panoptic_model,
     full_image_masks,
 )
 from panoptic_fpn_ext.deploy.detect import VANILLA_NMS_ABOVE, batched_nms

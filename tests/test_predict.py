@@ -7,8 +7,6 @@ with the config given by name (the other checks call ``main`` in this process)."
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np

@@ -61,18 +61,24 @@ def _index_pixels(words, id_mask, segment_ids, index_map, pixels):
             pixels[index] += 1
 
 
-def _read_words(path: str):
-    """The PNG's pixels as int32 words (H, W) and the mask that keeps their id bits: RGBA words
-    of the evaluator's reader, or ids decoded by PIL for other PNG formats.
+def _read_png(record: dict):
+    """The record's panoptic PNG as the evaluator's reader gives it (None: a PNG format it does
+    not read, for PIL).
 
     Raises:
-        PanopticDataError (from the readers): the file cannot be decoded.
+        FileNotFoundError: the PNG does not exist.
+        PanopticDataError (from the reader): the file cannot be decoded.
     """
+    path = record["pan_seg_file_name"]
+    if not PathManager.isfile(path):
+        raise FileNotFoundError(f"Panoptic PNG {path} of {_describe(record)} does not exist")
     with PathManager.open(path, "rb") as f:
-        png = read_filtered_png(f.read(), path)
-    if png is None:
-        return rgb2id(read_image_file(path, "RGB")).astype(np.int32), MAX_SEGMENT_ID
-    return rgba_ids(decode_rgba(png)), MAX_SEGMENT_ID
+        return read_filtered_png(f.read(), path)
+
+
+def _listed_ids(record: dict) -> np.ndarray:
+    """int64: the ids of the record's ``segments_info``, sorted, each once."""
+    return np.unique(np.array([s["id"] for s in record["segments_info"]], dtype=np.int64))
 
 
 def _unknown_ids(words: np.ndarray, index_map: np.ndarray, missing: int) -> list:
@@ -93,16 +99,17 @@ def read_segment_indices(record: dict) -> SegmentIndices:
         PanopticDataError: the PNG cannot be decoded, its size differs from the record's
             height/width, or its segment ids differ from those of ``segments_info``.
     """
-    path = record["pan_seg_file_name"]
-    if not PathManager.isfile(path):
-        raise FileNotFoundError(f"Panoptic PNG {path} of {_describe(record)} does not exist")
-    words, id_mask = _read_words(path)
+    png = _read_png(record)
+    if png is None:
+        words = rgb2id(read_image_file(record["pan_seg_file_name"], "RGB")).astype(np.int32)
+    else:
+        words = rgba_ids(decode_rgba(png))
     _check_png_size(record, words)
-    listed = np.unique(np.array([s["id"] for s in record["segments_info"]], dtype=np.int64))
+    listed = _listed_ids(record)
     dtype = np.uint8 if len(listed) + 1 <= 255 else np.int32
     index_map = np.empty(words.shape, dtype=dtype)
     pixels = np.zeros(len(listed) + 2, dtype=np.int64)
-    _index_pixels(words, id_mask, listed, index_map, pixels)
+    _index_pixels(words, MAX_SEGMENT_ID, listed, index_map, pixels)
     if pixels[-1] or not pixels[1:-1].all():
         in_png = listed[pixels[1:-1] > 0].tolist() + _unknown_ids(words, index_map, len(pixels) - 1)
         _check_png_segments(record, np.array(in_png, dtype=np.int64))
@@ -120,16 +127,12 @@ def check_panoptic_png(record: dict, zeros: Optional[np.ndarray] = None) -> None
     Raises:
         FileNotFoundError, PanopticDataError: as :func:`read_segment_indices`.
     """
-    path = record["pan_seg_file_name"]
-    if not PathManager.isfile(path):
-        raise FileNotFoundError(f"Panoptic PNG {path} of {_describe(record)} does not exist")
-    with PathManager.open(path, "rb") as f:
-        png = read_filtered_png(f.read(), path)
+    png = _read_png(record)
     if png is None:  # another PNG format: PIL's route
         read_segment_indices(record)
         return
     _check_png_size(record, png)
-    listed = np.unique(np.array([s["id"] for s in record["segments_info"]], dtype=np.int64))
+    listed = _listed_ids(record)
     num_pixels = png.height * png.width
     if zeros is None or len(zeros) < num_pixels:
         zeros = np.zeros(num_pixels, dtype=np.int32)

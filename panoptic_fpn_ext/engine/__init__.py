@@ -11,8 +11,8 @@ from .weights import (
     LoadedWeights,
     WeightsMismatchError,
     WeightsNotFoundError,
+    build_inference_model,
     check_inference_weights,
-    load_inference_weights,
     resolve_weights,
     watch_loaded_weights,
 )

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence, Tuple
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.modeling import build_model
 from detectron2.utils.file_io import PathManager
 from torch import nn
 
@@ -32,7 +34,7 @@ __all__ = [
     "WeightsMismatchError",
     "WeightsNotFoundError",
     "check_inference_weights",
-    "load_inference_weights",
+    "build_inference_model",
     "record_loaded_weights",
     "resolve_weights",
     "watch_loaded_weights",
@@ -223,15 +225,19 @@ def check_inference_weights(
     )
 
 
-def load_inference_weights(
-    model: nn.Module, path: str, *, allow_partial: bool, source: str = "MODEL.WEIGHTS"
-) -> None:
-    """Load ``path`` into ``model`` with Detectron2's checkpointer, then
-    :func:`check_inference_weights`: the one call of ``train_net.py --eval-only`` and the export
-    tool."""
+def build_inference_model(cfg: CfgNode, *, allow_partial: bool) -> nn.Module:
+    """Detectron2's ``build_model(cfg)`` in eval mode, with ``MODEL.WEIGHTS`` loaded by its
+    checkpointer and checked by :func:`check_inference_weights`: the model of every inference
+    route (``train_net.py --eval-only``, the predict, export and tune tools).
+
+    Raises:
+        WeightsMismatchError: as :func:`check_inference_weights`.
+    """
+    model = build_model(cfg).eval()
     watch_loaded_weights(model)
-    DetectionCheckpointer(model).load(path)
-    check_inference_weights(model, path, allow_partial=allow_partial, source=source)
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    check_inference_weights(model, cfg.MODEL.WEIGHTS, allow_partial=allow_partial)
+    return model
 
 
 def _first(keys: Sequence[str], prefix: str = "") -> str:

@@ -20,7 +20,6 @@ import os
 import shutil
 from typing import List, Optional
 
-from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
 from ..deploy import (
@@ -31,7 +30,7 @@ from ..deploy import (
     save_artifact,
     save_graph_program,
 )
-from ..engine.weights import load_inference_weights
+from ..engine.weights import build_inference_model
 from .common import (
     add_config_arguments,
     build_cfg,
@@ -80,8 +79,7 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
     layout = ["MODEL.PANOPTIC_FPN_EXT.MEMORY_FORMAT", "contiguous"]
     cfg = build_cfg(args.config_file, args.opts + layout, args.dataset)
     check_weights(cfg)
-    model = build_model(cfg).eval()
-    load_inference_weights(model, cfg.MODEL.WEIGHTS, allow_partial=args.allow_partial)
+    model = build_inference_model(cfg, allow_partial=args.allow_partial)
     max_side = args.max_side or max(cfg.INPUT.MAX_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST)
     program = export_panoptic_model(model, max_side)
     metadata = artifact_metadata(cfg, model, max_side)

@@ -45,11 +45,10 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.data import MetadataCatalog
-from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
-from ..engine.weights import load_inference_weights
+from ..engine.weights import build_inference_model
 from .common import (
     add_config_arguments,
     build_cfg,
@@ -218,8 +217,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"--output {args.output} holds earlier predictions ({', '.join(earlier)}); pass "
             "--overwrite to replace them, or choose another --output"
         )
-    model = build_model(cfg).eval()
-    load_inference_weights(model, cfg.MODEL.WEIGHTS, allow_partial=args.allow_partial)
+    model = build_inference_model(cfg, allow_partial=args.allow_partial)
     dataset = cfg.DATASETS.TEST[0]
     folder = PredictionFolder(args.output, dataset, MetadataCatalog.get(dataset), args.vis)
     folder.clear()

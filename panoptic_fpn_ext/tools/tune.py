@@ -41,13 +41,12 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.evaluation.evaluator import inference_context
-from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
 from .. import __version__
 from ..data import PanopticDatasetMapper
-from ..engine.weights import load_inference_weights, resolve_weights
+from ..engine.weights import build_inference_model, resolve_weights
 from ..evaluation.combiner_cache import CachedImage, CombinerCache, read_shard_ids
 from ..evaluation.panoptic_evaluator import usable_cores
 from ..evaluation.pq_errors import analyze_errors
@@ -138,19 +137,6 @@ def ground_truth_fingerprint(records: Sequence[Dict]) -> str:
     )
 
 
-def inference_model(cfg: CfgNode, allow_partial: bool = False) -> torch.nn.Module:
-    """The model of ``cfg`` with ``MODEL.WEIGHTS`` loaded and checked, as ``train_net.py
-    --eval-only`` loads it.
-
-    Raises:
-        WeightsMismatchError: the weights leave tensors of the model unloaded (and not
-            ``allow_partial``: the tool's ``--allow-partial-weights``).
-    """
-    model = build_model(cfg)
-    load_inference_weights(model, cfg.MODEL.WEIGHTS, allow_partial=allow_partial)
-    return model
-
-
 def run_network(
     cfg: CfgNode,
     records: Sequence[Dict],
@@ -159,14 +145,14 @@ def run_network(
 ) -> int:
     """Predict the ``records`` not in ``cache`` yet (in order), writing them as shards; returns
     how many were predicted. Images and model as ``train_net.py --eval-only``: Detectron2's test
-    loader with the plugin's mapper, batch 1, the model (None: :func:`inference_model`) in eval
-    mode without gradients."""
+    loader with the plugin's mapper, batch 1, the model (None: ``build_inference_model``, with
+    no tensor left unloaded) in eval mode without gradients."""
     done = set(json.dumps(i) for i in cache.cached_image_ids())
     todo = [r for r in records if json.dumps(r["image_id"]) not in done]
     if not todo:
         return 0
     if model is None:
-        model = inference_model(cfg)
+        model = build_inference_model(cfg, allow_partial=False)
     loader = build_detection_test_loader(
         todo,
         mapper=PanopticDatasetMapper(cfg, is_train=False),
@@ -291,7 +277,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     classes = DatasetClasses.of(dataset)
     output = args.output or os.path.join(cfg.OUTPUT_DIR, f"tune_{dataset}")
     cache_dir = args.cache or os.path.join(output, "cache")
-    model = inference_model(cfg, args.allow_partial)  # weights checked before the cache is written
+    # the weights checked before the cache is written
+    model = build_inference_model(cfg, allow_partial=args.allow_partial)
     cache = CombinerCache(cache_dir, cache_fingerprint(cfg, weights, records), args.rebuild_cache)
     workers = args.workers or usable_cores()
 
